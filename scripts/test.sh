@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs the dependencies, configures, builds and runs every test of bucketfs.
+# The README's test command and what CI (.ci/run) runs. Options:
+#   --no-sanitize   skip the second build of the unit tests under AddressSanitizer+UBSan
+#   --fuzz-seconds N  how long each parser mutation test runs (default 10)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+sanitize=1
+export BUCKETFS_FUZZ_SECONDS=${BUCKETFS_FUZZ_SECONDS:-10}
+while (($#)); do
+  case "$1" in
+    --no-sanitize) sanitize=0 ;;
+    --fuzz-seconds) BUCKETFS_FUZZ_SECONDS=$2; shift ;;
+    *) echo "test.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+bash packaging/install-deps.sh
+
+jobs=2
+configure() {  # DIR [meson options...]
+  local dir=$1; shift
+  if [ -f "$dir/build.ninja" ]; then
+    meson setup --reconfigure "$dir" "$@" >/dev/null
+  else
+    meson setup "$dir" "$@" >/dev/null
+  fi
+}
+
+echo "== build (debugoptimized)"
+configure build
+ninja -C build -j"$jobs"
+echo "== tests"
+meson test -C build --num-processes "$jobs" --print-errorlogs
+
+if ((sanitize)); then
+  echo "== unit tests under AddressSanitizer + UndefinedBehaviorSanitizer"
+  configure build-asan -Db_sanitize=address,undefined -Db_lundef=false -Dbenchmarks=false
+  ninja -C build-asan -j"$jobs"
+  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ASAN_OPTIONS=detect_leaks=1 \
+    meson test -C build-asan --suite unit --num-processes "$jobs" --print-errorlogs
+fi

@@ -1,0 +1,85 @@
+#include "bucketfs/xet/chunker.h"
+
+#include <gtest/gtest.h>
+
+#include <numeric>
+#include <random>
+
+#include "vector_inputs.h"
+
+namespace bucketfs::xet {
+namespace {
+
+TEST(Chunker, SizesStayWithinBounds) {
+  const auto data = testing::splitmix(11, 8 << 20);
+  const auto lengths = chunk_lengths(data);
+  ASSERT_FALSE(lengths.empty());
+  EXPECT_EQ(std::accumulate(lengths.begin(), lengths.end(), std::size_t{0}), data.size());
+  for (std::size_t i = 0; i + 1 < lengths.size(); ++i) {
+    EXPECT_GE(lengths[i], kMinChunkSize);
+    EXPECT_LE(lengths[i], kMaxChunkSize);
+  }
+  // About 64 KiB on average for random data (the mask gives 1/65536 per position after 8 KiB).
+  const double mean = double(data.size()) / double(lengths.size());
+  EXPECT_GT(mean, 40000);
+  EXPECT_LT(mean, 100000);
+}
+
+TEST(Chunker, ConstantDataCutsAtMaximum) {
+  const std::vector<std::byte> data(1 << 20, std::byte{7});
+  const auto lengths = chunk_lengths(data);
+  ASSERT_EQ(lengths.size(), 8u);
+  for (auto length : lengths) EXPECT_EQ(length, kMaxChunkSize);
+}
+
+TEST(Chunker, SmallInputIsOneChunk) {
+  const auto data = testing::splitmix(5, kMinChunkSize - 1);
+  EXPECT_EQ(chunk_lengths(data), std::vector<std::size_t>{kMinChunkSize - 1});
+  EXPECT_TRUE(chunk_lengths({}).empty());
+}
+
+TEST(Chunker, RandomPieceSizesMatchWholeInput) {
+  const auto data = testing::splitmix(12, 3 << 20);
+  const auto expected = chunk_lengths(data);
+  std::mt19937_64 rng(99);
+  for (int round = 0; round < 5; ++round) {
+    Chunker chunker;
+    std::vector<std::size_t> lengths;
+    std::size_t offset = 0;
+    while (offset < data.size()) {
+      std::size_t piece = std::min<std::size_t>(1 + rng() % 200000, data.size() - offset);
+      ByteSpan rest(data.data() + offset, piece);
+      while (!rest.empty()) {
+        const std::size_t before = chunker.open_chunk_size();
+        auto cut = chunker.next_boundary(rest);
+        if (!cut) break;
+        lengths.push_back(before + *cut);
+        rest = rest.subspan(*cut);
+      }
+      offset += piece;
+    }
+    if (chunker.open_chunk_size() > 0) lengths.push_back(chunker.open_chunk_size());
+    EXPECT_EQ(lengths, expected);
+  }
+}
+
+TEST(Chunker, LocalEditChangesOnlyNearbyChunks) {
+  auto data = testing::splitmix(13, 4 << 20);
+  const auto before = chunk_lengths(data);
+  for (std::size_t i = 2000000; i < 2000100; ++i) data[i] ^= std::byte{0x5a};
+  const auto after = chunk_lengths(data);
+  // Count chunks identical in position and length at the start and end.
+  std::size_t same_prefix = 0;
+  while (same_prefix < std::min(before.size(), after.size()) && before[same_prefix] == after[same_prefix]) {
+    ++same_prefix;
+  }
+  std::size_t same_suffix = 0;
+  while (same_suffix < std::min(before.size(), after.size()) &&
+         before[before.size() - 1 - same_suffix] == after[after.size() - 1 - same_suffix]) {
+    ++same_suffix;
+  }
+  EXPECT_GE(same_prefix + same_suffix + 3, before.size());
+}
+
+}  // namespace
+}  // namespace bucketfs::xet

@@ -1,0 +1,1 @@
+// Filled in by the compression work; see include/bucketfs/xet/compression.h.

@@ -1,0 +1,1 @@
+// Seeded random-mutation test of the xorb and shard parsers.

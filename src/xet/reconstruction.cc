@@ -1,0 +1,1 @@
+// Filled in by the reconstruction work; see include/bucketfs/xet/reconstruction.h.

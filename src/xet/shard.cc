@@ -1,0 +1,1 @@
+// Filled in by the shard work; see include/bucketfs/xet/shard.h.

@@ -1,0 +1,1 @@
+// Filled in by the xorb work; see include/bucketfs/xet/xorb.h.
