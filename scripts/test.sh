@@ -29,16 +29,23 @@ configure() {  # DIR [meson options...]
   fi
 }
 
+status=0
 echo "== build (debugoptimized)"
 configure build
 ninja -C build -j"$jobs"
 echo "== tests"
-meson test -C build --num-processes "$jobs" --print-errorlogs
+meson test -C build --num-processes "$jobs" --print-errorlogs || status=1
+logs=(build/meson-logs/testlog.json)
 
 if ((sanitize)); then
   echo "== unit tests under AddressSanitizer + UndefinedBehaviorSanitizer"
   configure build-asan -Db_sanitize=address,undefined -Db_lundef=false -Dbenchmarks=false
   ninja -C build-asan -j"$jobs"
   UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ASAN_OPTIONS=detect_leaks=1 \
-    meson test -C build-asan --suite unit --num-processes "$jobs" --print-errorlogs
+    meson test -C build-asan --suite unit --num-processes "$jobs" --print-errorlogs || status=1
+  logs+=(build-asan/meson-logs/testlog.json)
 fi
+
+# One closing line over every test case run (GoogleTest cases and script checks alike).
+python3 scripts/summarize-tests.py "${logs[@]}" || status=1
+exit "$status"

