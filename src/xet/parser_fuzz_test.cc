@@ -1,1 +1,0 @@
-// Seeded random-mutation test of the xorb and shard parsers.
