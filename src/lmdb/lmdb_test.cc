@@ -1,0 +1,130 @@
+#include "bucketfs/lmdb/lmdb.h"
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <string>
+#include <thread>
+
+namespace bucketfs::lmdb {
+namespace {
+
+class LmdbTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char pattern[] = "/tmp/bucketfs-lmdb-test-XXXXXX";
+    ASSERT_NE(mkdtemp(pattern), nullptr);
+    directory_ = pattern;
+  }
+  void TearDown() override { std::filesystem::remove_all(directory_); }
+
+  Environment open_env() {
+    auto env = Environment::open(directory_, Environment::Options{.map_size = std::size_t{1} << 30});
+    EXPECT_TRUE(env) << env.error().message;
+    return std::move(*env);
+  }
+
+  std::string directory_;
+};
+
+TEST_F(LmdbTest, PutCommitGetAcrossReopen) {
+  {
+    auto env = open_env();
+    auto db = env.open_database("things");
+    ASSERT_TRUE(db);
+    auto txn = env.begin_write();
+    ASSERT_TRUE(txn);
+    ASSERT_TRUE(txn->put(*db, "alpha", "1"));
+    ASSERT_TRUE(txn->put(*db, "beta", std::string("2\0two", 5)));
+    ASSERT_TRUE(txn->commit());
+    EXPECT_FALSE(txn->active());
+  }
+  auto env = open_env();
+  auto db = env.open_database("things");
+  ASSERT_TRUE(db);
+  auto txn = env.begin_read();
+  ASSERT_TRUE(txn);
+  auto value = txn->get(*db, "beta");
+  ASSERT_TRUE(value && *value);
+  EXPECT_EQ(**value, std::string_view("2\0two", 5));
+  auto missing = txn->get(*db, "gamma");
+  ASSERT_TRUE(missing);
+  EXPECT_FALSE(missing->has_value());
+  EXPECT_EQ(*txn->count(*db), 2u);
+}
+
+TEST_F(LmdbTest, DestructorAbortsUncommittedWrites) {
+  auto env = open_env();
+  auto db = env.open_database("things");
+  {
+    auto txn = env.begin_write();
+    ASSERT_TRUE(txn->put(*db, "lost", "x"));
+  }
+  auto txn = env.begin_read();
+  EXPECT_FALSE(txn->get(*db, "lost")->has_value());
+}
+
+TEST_F(LmdbTest, CursorSeeksAndIteratesInKeyOrder) {
+  auto env = open_env();
+  auto db = env.open_database("things");
+  {
+    auto txn = env.begin_write();
+    for (const char* key : {"b/2", "a/1", "b/1", "c"}) ASSERT_TRUE(txn->put(*db, key, key));
+    ASSERT_TRUE(txn->commit());
+  }
+  auto txn = env.begin_read();
+  auto cursor = txn->cursor(*db);
+  ASSERT_TRUE(cursor);
+  std::vector<std::string> keys;
+  for (auto entry = cursor->seek("b/"); entry && *entry; entry = cursor->next()) {
+    if (!(*entry)->first.starts_with("b/")) break;
+    keys.emplace_back((*entry)->first);
+  }
+  EXPECT_EQ(keys, (std::vector<std::string>{"b/1", "b/2"}));
+  auto past = cursor->seek("d");
+  ASSERT_TRUE(past);
+  EXPECT_FALSE(past->has_value());
+}
+
+TEST_F(LmdbTest, EraseReportsWhetherKeyExisted) {
+  auto env = open_env();
+  auto db = env.open_database("things");
+  auto txn = env.begin_write();
+  ASSERT_TRUE(txn->put(*db, "k", "v"));
+  EXPECT_TRUE(*txn->erase(*db, "k"));
+  EXPECT_FALSE(*txn->erase(*db, "k"));
+}
+
+TEST_F(LmdbTest, ReadTransactionMayMoveToAnotherThread) {
+  auto env = open_env();
+  auto db = env.open_database("things");
+  {
+    auto txn = env.begin_write();
+    ASSERT_TRUE(txn->put(*db, "k", "v"));
+    ASSERT_TRUE(txn->commit());
+  }
+  auto txn = env.begin_read();
+  ASSERT_TRUE(txn);
+  std::string seen;
+  std::thread other([&] { seen = std::string(**txn->get(*db, "k")); });
+  other.join();
+  EXPECT_EQ(seen, "v");
+}
+
+TEST_F(LmdbTest, FilesAreOwnerOnly) {
+  auto env = open_env();
+  struct stat info;
+  ASSERT_EQ(::stat((directory_ + "/data.mdb").c_str(), &info), 0);
+  EXPECT_EQ(info.st_mode & 0777, 0600u);
+}
+
+TEST_F(LmdbTest, OpenMissingDirectoryIsAnError) {
+  auto env = Environment::open(directory_ + "/missing", {});
+  ASSERT_FALSE(env);
+  EXPECT_NE(env.error().message.find("missing"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace bucketfs::lmdb
