@@ -7,8 +7,8 @@ packages=(
   build-essential g++ meson ninja-build pkg-config
   libfuse3-dev fuse3 libcurl4-openssl-dev nlohmann-json3-dev liblmdb-dev lmdb-utils
   libzstd-dev liblz4-dev libgtest-dev libgmock-dev libbenchmark-dev
-  libcli11-dev librust-blake3-dev b3sum clang libclang-rt-14-dev
-  curl python3
+  libcli11-dev libmicrohttpd-dev nginx-light librust-blake3-dev b3sum clang libclang-rt-14-dev
+  curl python3 bc
 )
 
 # node and npm: this machine kind ships them (nodejs from its own repository, with npm inside);

@@ -18,6 +18,11 @@ for log in sys.argv[1:]:
             gtest_pass = re.findall(r"^\[  PASSED  \] (\d+) tests?\.", out, re.M)
             gtest_fail = re.findall(r"^\[  FAILED  \] (\d+) tests?,", out, re.M)
             plain = re.findall(r"^(\d+) passed, (\d+) failed", out, re.M)
+            # node --test (TAP reporter): "# pass N" and "# fail N".
+            node_pass = re.findall(r"^# pass (\d+)$", out, re.M)
+            node_fail = re.findall(r"^# fail (\d+)$", out, re.M)
+            if node_pass or node_fail:
+                plain += [(p, f) for p, f in zip(node_pass or ["0"], node_fail or ["0"])]
             if gtest_pass or gtest_fail:
                 passed += sum(map(int, gtest_pass))
                 failed += sum(map(int, gtest_fail))

@@ -1,0 +1,76 @@
+#pragma once
+// The routes of bucketfs-server: the Hub bucket API (BUCKET_API.md section 3) and the Xet CAS
+// API (xet-spec/api.md) over MetadataStore and XorbStore, with authorization and metrics.
+//
+// Authorization:
+//  - Hub routes take `Authorization: Bearer <hub token>` (tokens file) or nothing (anonymous).
+//    A public bucket is readable by anyone; a private one only by tokens of its namespace, and
+//    is a 404 (RepoNotFound) to everyone else (401 when anonymous, as the Hub answers).
+//    Writing needs a write token of the namespace.
+//  - CAS routes take the CAS token issued by xet-read-token / xet-write-token: signed, scoped to
+//    one bucket and an access level, expiring (401 when expired or forged, 403 when a read token
+//    writes). A file's reconstruction is only given to a token of a bucket that uploaded or holds
+//    the file.
+//  - Xorb bytes are served at signed URLs (the reconstruction responses point to them) that
+//    carry their own authorization: xorb, byte range and expiry under the server's MAC.
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "http_server.h"
+#include "metadata_store.h"
+#include "metrics.h"
+#include "tokens.h"
+#include "xorb_store.h"
+
+namespace bucketfs::server {
+
+struct BucketServerOptions {
+  std::string data_dir;
+  std::string tokens_file;  // empty: DATA/tokens, created with a write token for `local`
+  std::int64_t cas_token_lifetime_seconds = 3600;
+  std::int64_t signed_url_lifetime_seconds = 3600;
+  // Clock (unix milliseconds); replaceable so tests can expire tokens.
+  std::function<std::int64_t()> now_ms;
+};
+
+class BucketServer {
+ public:
+  // Opens (creating) the data folder: metadata, xorbs, secret, tokens.
+  static std::expected<std::unique_ptr<BucketServer>, std::string> open(BucketServerOptions options);
+
+  // Set once the listening address is known: the base of every absolute URL we hand out.
+  void set_base_url(std::string base_url) { base_url_ = std::move(base_url); }
+  const std::string& base_url() const { return base_url_; }
+  // Where the tokens came from (printed at start-up, never the tokens themselves).
+  const std::string& tokens_path() const { return tokens_path_; }
+  bool created_default_tokens() const { return created_default_tokens_; }
+
+  // The two phases of HttpServer's handler.
+  RouteDecision decide(const HttpRequest& request);
+  HttpResponse handle(HttpRequest&& request);
+
+ private:
+  BucketServer(BucketServerOptions options, MetadataStore metadata, XorbStore xorbs, HubTokens tokens, Signer signer)
+      : options_(std::move(options)), metadata_(std::move(metadata)), xorbs_(std::move(xorbs)),
+        tokens_(std::move(tokens)), signer_(std::move(signer)) {}
+
+  struct Routed;
+  HttpResponse dispatch(HttpRequest& request, std::string& route);
+
+  BucketServerOptions options_;
+  MetadataStore metadata_;
+  XorbStore xorbs_;
+  HubTokens tokens_;
+  Signer signer_;
+  Metrics metrics_;
+  std::string base_url_;
+  std::string tokens_path_;
+  bool created_default_tokens_ = false;
+
+  friend class Handlers;
+};
+
+}  // namespace bucketfs::server
