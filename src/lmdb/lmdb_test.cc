@@ -8,17 +8,15 @@
 #include <string>
 #include <thread>
 
+#include "temp_dir.h"
+
 namespace bucketfs::lmdb {
 namespace {
 
 class LmdbTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    char pattern[] = "/tmp/bucketfs-lmdb-test-XXXXXX";
-    ASSERT_NE(mkdtemp(pattern), nullptr);
-    directory_ = pattern;
-  }
-  void TearDown() override { std::filesystem::remove_all(directory_); }
+  testing::TempDir temp_{"bucketfs-lmdb-test"};
+  const std::string directory_ = temp_.path();
 
   Environment open_env() {
     auto env = Environment::open(directory_, Environment::Options{.map_size = std::size_t{1} << 30});
@@ -26,7 +24,6 @@ class LmdbTest : public ::testing::Test {
     return std::move(*env);
   }
 
-  std::string directory_;
 };
 
 TEST_F(LmdbTest, PutCommitGetAcrossReopen) {

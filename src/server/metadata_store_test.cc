@@ -5,6 +5,8 @@
 
 #include <filesystem>
 
+#include "temp_dir.h"
+
 namespace bucketfs::server {
 namespace {
 
@@ -19,18 +21,12 @@ xet::Hash hash_of(int n) {
 class MetadataStoreTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char pattern[] = "/tmp/bucketfs-meta-test-XXXXXX";
-    ASSERT_NE(mkdtemp(pattern), nullptr);
-    directory_ = pattern;
     auto store = MetadataStore::open(directory_ + "/meta");
     ASSERT_TRUE(store) << store.error().message;
     store_.emplace(std::move(*store));
     ASSERT_TRUE(*store_->create_bucket("alice/b", false, 1000));
   }
-  void TearDown() override {
-    store_.reset();
-    std::filesystem::remove_all(directory_);
-  }
+  void TearDown() override { store_.reset(); }
 
   // Registers file `n` of `size` bytes as uploaded through bucket `bucket`.
   void register_file(int n, std::uint64_t size, const std::string& bucket = "alice/b") {
@@ -61,7 +57,8 @@ class MetadataStoreTest : public ::testing::Test {
     return out;
   }
 
-  std::string directory_;
+  testing::TempDir temp_{"bucketfs-meta-test"};
+  const std::string directory_ = temp_.path();
   std::optional<MetadataStore> store_;
   const std::function<bool(const std::string&)> readable_ = [](const std::string&) { return true; };
 };

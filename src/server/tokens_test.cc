@@ -7,23 +7,20 @@
 #include <filesystem>
 #include <fstream>
 
+#include "temp_dir.h"
+
 namespace bucketfs::server {
 namespace {
 
 class TokensTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    char pattern[] = "/tmp/bucketfs-tokens-test-XXXXXX";
-    ASSERT_NE(mkdtemp(pattern), nullptr);
-    directory_ = pattern;
-  }
-  void TearDown() override { std::filesystem::remove_all(directory_); }
+  testing::TempDir temp_{"bucketfs-tokens-test"};
+  const std::string directory_ = temp_.path();
   std::string write(const std::string& text) {
     const std::string path = directory_ + "/tokens";
     std::ofstream(path) << text;
     return path;
   }
-  std::string directory_;
 };
 
 TEST_F(TokensTest, ParsesLinesCommentsAndNamespaces) {

@@ -4,14 +4,12 @@
 
 #include <random>
 
+#include "test_bytes.h"
+
 namespace bucketfs::xet {
 namespace {
 
-Hash random_hash(std::mt19937_64& rng) {
-  Hash hash;
-  for (auto& b : hash.bytes) b = static_cast<std::uint8_t>(rng());
-  return hash;
-}
+using testing::random_hash;
 
 // The reference the streaming AggregatedHasher must match: xet-core's level-by-level batch
 // algorithm written as plainly as possible, with its own BLAKE3 call.

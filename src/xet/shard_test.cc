@@ -11,14 +11,12 @@
 #include <random>
 #include <string>
 
+#include "test_bytes.h"
+
 namespace bucketfs::xet {
 namespace {
 
-Hash random_hash(std::mt19937_64& rng) {
-  Hash hash;
-  for (auto& b : hash.bytes) b = static_cast<std::uint8_t>(rng());
-  return hash;
-}
+using testing::random_hash;
 
 Hash patterned_hash(std::uint8_t first) {
   Hash hash;

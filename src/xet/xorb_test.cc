@@ -10,27 +10,13 @@
 #include <random>
 #include <string>
 
+#include "test_bytes.h"
+
 namespace bucketfs::xet {
 namespace {
 
-Bytes random_bytes(std::size_t n, std::uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  Bytes out(n);
-  for (auto& b : out) b = std::byte(rng() & 0xff);
-  return out;
-}
-
-Bytes bf16_like(std::size_t n, std::uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> weight(0.0f, 0.02f);
-  Bytes out(n);
-  for (std::size_t i = 0; i + 1 < n; i += 2) {
-    const auto bits = std::bit_cast<std::uint32_t>(weight(rng));
-    out[i] = std::byte((bits >> 16) & 0xff);
-    out[i + 1] = std::byte((bits >> 24) & 0xff);
-  }
-  return out;
-}
+using testing::bf16_like;
+using testing::random_bytes;
 
 Bytes text_like(std::size_t n, std::uint64_t seed) {
   static const char* kWords[] = {"xorb ", "chunk ", "hash ", "shard ", "file ", "term ", "range ", "\n"};
