@@ -497,7 +497,7 @@ class Handlers {
     auto bucket = access == Access::kWrite ? writable_bucket(id, token) : readable_bucket(id, token);
     if (!bucket) return bucket.error();
     const std::int64_t expires = now_s() + s_.options_.cas_token_lifetime_seconds;
-    const std::string cas = s_.signer_.issue_cas_token(CasGrant{id, access, expires});
+    const std::string cas = s_.signer_.issue_cas_token(CasGrant{id, access, expires, bucket->created_ms});
     HttpResponse response = json_response(200, json{{"accessToken", cas}, {"exp", expires}, {"casUrl", s_.base_url_}});
     response.headers.set("X-Xet-Access-Token", cas);
     response.headers.set("X-Xet-Token-Expiration", std::to_string(expires));
@@ -529,6 +529,12 @@ class Handlers {
     if (check == TokenCheck::kExpired) return std::unexpected(error_response(401, "CAS token expired; refresh it"));
     if (needed == Access::kWrite && grant.access != Access::kWrite) {
       return std::unexpected(error_response(403, "This CAS token may only read"));
+    }
+    // The bucket it was issued for must still be the same bucket (not deleted, moved or re-created).
+    auto bucket = s_.metadata_.bucket(grant.bucket);
+    if (!bucket) return std::unexpected(error_response(500, bucket.error().message));
+    if (!*bucket || (*bucket)->created_ms != grant.bucket_created_ms) {
+      return std::unexpected(error_response(401, "CAS token's bucket " + grant.bucket + " no longer exists; get a new token"));
     }
     return grant;
   }

@@ -187,8 +187,9 @@ std::string Signer::mac_hex(std::string_view message) const {
 }
 
 std::string Signer::issue_cas_token(const CasGrant& grant) const {
-  const std::string payload = std::string("cas1|") + (grant.access == Access::kWrite ? "w" : "r") + "|" +
-                              grant.bucket + "|" + std::to_string(grant.expires_at);
+  const std::string payload = std::string("cas2|") + (grant.access == Access::kWrite ? "w" : "r") + "|" +
+                              std::to_string(grant.bucket_created_ms) + "|" + std::to_string(grant.expires_at) +
+                              "|" + grant.bucket;
   return "xet_" + to_hex(reinterpret_cast<const std::uint8_t*>(payload.data()), payload.size()) + "." +
          mac_hex(payload);
 }
@@ -203,19 +204,21 @@ std::pair<TokenCheck, CasGrant> Signer::check_cas_token(std::string_view token, 
   if (!payload || !constant_time_equal(mac_hex(*payload), token.substr(dot + 1))) {
     return {TokenCheck::kInvalid, grant};
   }
-  // cas1|<r|w>|<bucket>|<expiry>
+  // cas2|<r|w>|<bucket created ms>|<expiry>|<bucket>  (the bucket last: it is the free-form part)
   const auto first = payload->find('|');
   const auto second = payload->find('|', first + 1);
   const auto third = payload->find('|', second + 1);
+  const auto fourth = payload->find('|', third + 1);
   if (first == std::string::npos || second == std::string::npos || third == std::string::npos ||
-      payload->substr(0, first) != "cas1") {
+      fourth == std::string::npos || payload->substr(0, first) != "cas2") {
     return {TokenCheck::kInvalid, grant};
   }
   const auto access = payload->substr(first + 1, second - first - 1);
   grant.access = access == "w" ? Access::kWrite : Access::kRead;
-  grant.bucket = payload->substr(second + 1, third - second - 1);
+  grant.bucket = payload->substr(fourth + 1);
   try {
-    grant.expires_at = std::stoll(payload->substr(third + 1));
+    grant.bucket_created_ms = std::stoll(payload->substr(second + 1, third - second - 1));
+    grant.expires_at = std::stoll(payload->substr(third + 1, fourth - third - 1));
   } catch (...) {
     return {TokenCheck::kInvalid, grant};
   }

@@ -50,6 +50,9 @@ struct CasGrant {
   std::string bucket;  // "ns/name"
   Access access = Access::kRead;
   std::int64_t expires_at = 0;  // unix seconds
+  // The bucket's creation time (unix ms): a token outlives neither its bucket nor a later bucket
+  // created under the same name.
+  std::int64_t bucket_created_ms = 0;
 };
 
 enum class TokenCheck { kValid, kExpired, kInvalid };

@@ -64,11 +64,12 @@ TEST_F(TokensTest, DefaultTokensFileIsPrivate) {
 TEST_F(TokensTest, CasTokensAreSignedScopedAndExpire) {
   auto signer = Signer::open(directory_);
   ASSERT_TRUE(signer) << signer.error();
-  const std::string token = signer->issue_cas_token({"alice/b", Access::kWrite, 1000});
+  const std::string token = signer->issue_cas_token({"alice/b", Access::kWrite, 1000, 1234567});
   auto [check, grant] = signer->check_cas_token(token, 999);
   EXPECT_EQ(check, TokenCheck::kValid);
   EXPECT_EQ(grant.bucket, "alice/b");
   EXPECT_EQ(grant.access, Access::kWrite);
+  EXPECT_EQ(grant.bucket_created_ms, 1234567);
   EXPECT_EQ(signer->check_cas_token(token, 1000).first, TokenCheck::kExpired);
   // Any change to the token breaks its signature.
   for (std::size_t i = 4; i < token.size(); i += 7) {

@@ -775,6 +775,20 @@ class AuthTest(ApiTestCase):
 
 
 class XetTokenTest(ApiTestCase):
+    def test_cas_token_dies_with_its_bucket(self):
+        """A CAS token outlives neither its bucket nor a bucket re-created under the same name."""
+        create_bucket("alice/regen")
+        old = xet_token("alice/regen", ALICE_W)
+        self.assertStatus(request("HEAD", "/v1/files/" + ZERO_HASH, token=old), 404)  # valid token, no file
+        self.assertStatus(request("DELETE", "/api/buckets/alice/regen", token=ALICE_W), 200)
+        r = request("GET", "/v1/reconstructions/" + ZERO_HASH, token=old)
+        self.assertStatus(r, 401)
+        time.sleep(0.01)
+        create_bucket("alice/regen")
+        self.assertStatus(request("POST", "/v1/shards", b"x", token=old), 401)
+        fresh = xet_token("alice/regen", ALICE_W)
+        self.assertStatus(request("HEAD", "/v1/files/" + ZERO_HASH, token=fresh), 404)
+
     def test_read_and_write_token_fields(self):
         for kind, token in (("read", ALICE_R), ("write", ALICE_W), ("read", None), ("read", BOB_R)):
             now = time.time()
