@@ -1,0 +1,98 @@
+#include "bucketfs/cache/node_store.h"
+
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <string>
+
+#include "format.h"
+#include "temp_dir.h"
+
+namespace bucketfs::cache {
+namespace {
+
+mode_t mode_of(const std::filesystem::path& path) {
+  struct stat st;
+  EXPECT_EQ(::stat(path.c_str(), &st), 0) << path;
+  return st.st_mode & 07777;
+}
+
+TEST(NodeStoreTest, CreatesPrivateDirectoriesAndFiles) {
+  bucketfs::testing::TempDir temp("bucketfs-cache-test");
+  const std::filesystem::path dir = std::filesystem::path(temp.path()) / "a" / "cache";
+  auto store = NodeStore::open(dir);
+  ASSERT_TRUE(store) << store.error().message;
+  EXPECT_EQ(mode_of(std::filesystem::path(temp.path()) / "a"), 0700u);
+  EXPECT_EQ(mode_of(dir), 0700u);
+  EXPECT_EQ(mode_of(dir / "chunks"), 0700u);
+  EXPECT_EQ(mode_of(dir / "data.mdb"), 0600u);
+  EXPECT_EQ(mode_of(dir / "lock.mdb"), 0600u);
+}
+
+TEST(NodeStoreTest, TightensAnExistingDirectory) {
+  bucketfs::testing::TempDir temp("bucketfs-cache-test");
+  const std::filesystem::path dir = std::filesystem::path(temp.path()) / "cache";
+  ASSERT_EQ(::mkdir(dir.c_str(), 0755), 0);
+  ASSERT_EQ(::chmod(dir.c_str(), 0755), 0);
+  auto store = NodeStore::open(dir);
+  ASSERT_TRUE(store) << store.error().message;
+  EXPECT_EQ(mode_of(dir), 0700u);
+}
+
+TEST(NodeStoreTest, SecondOpenInOneProcessSharesTheEnvironment) {
+  bucketfs::testing::TempDir temp("bucketfs-cache-test");
+  auto a = NodeStore::open(temp.path());
+  ASSERT_TRUE(a);
+  auto b = NodeStore::open(temp.path() + "/.");
+  ASSERT_TRUE(b);
+  EXPECT_EQ(a->get(), b->get());
+  EXPECT_EQ((*a)->environment().get(), (*b)->environment().get());
+  a->reset();
+  b->reset();
+  auto c = NodeStore::open(temp.path());  // a fresh one once every holder let go
+  ASSERT_TRUE(c) << c.error().message;
+}
+
+TEST(NodeStoreTest, RefusesAnotherFormatVersion) {
+  bucketfs::testing::TempDir temp("bucketfs-cache-test");
+  {
+    auto store = NodeStore::open(temp.path());
+    ASSERT_TRUE(store);
+    auto txn = (*store)->environment().begin_write();
+    ASSERT_TRUE(txn);
+    char version[4];
+    format::put_le(version, kCacheFormatVersion + 1, 4);
+    ASSERT_TRUE(txn->put((*store)->databases().meta, format::kMetaFormat, {version, 4}));
+    ASSERT_TRUE(txn->commit());
+  }
+  auto reopened = NodeStore::open(temp.path());
+  ASSERT_FALSE(reopened);
+  EXPECT_EQ(reopened.error().code, ErrorCode::kFormat);
+  EXPECT_NE(reopened.error().message.find("format 2"), std::string::npos) << reopened.error().message;
+}
+
+TEST(NodeStoreTest, SegmentFileNamesRoundTrip) {
+  EXPECT_EQ(format::segment_file_name(0x1a2b), "0000000000001a2b.seg");
+  EXPECT_EQ(format::parse_segment_file_name("0000000000001a2b.seg"), 0x1a2bu);
+  EXPECT_FALSE(format::parse_segment_file_name("0000000000001A2B.seg"));
+  EXPECT_FALSE(format::parse_segment_file_name("data.mdb"));
+  EXPECT_FALSE(format::parse_segment_file_name("0000000000001a2b.seg.tmp"));
+}
+
+TEST(NodeStoreTest, LocationRecordRoundTrips) {
+  format::Location loc{7, 123456789012, 65000, 65536, format::Codec::kZstd, xet::chunk_hash(xet::as_byte_span("x"))};
+  const auto encoded = format::encode(loc);
+  const auto decoded = format::decode_location({encoded.data(), encoded.size()});
+  ASSERT_TRUE(decoded);
+  EXPECT_EQ(decoded->segment, 7u);
+  EXPECT_EQ(decoded->offset, 123456789012u);
+  EXPECT_EQ(decoded->stored_size, 65000u);
+  EXPECT_EQ(decoded->raw_size, 65536u);
+  EXPECT_EQ(decoded->codec, format::Codec::kZstd);
+  EXPECT_EQ(decoded->hash, loc.hash);
+  EXPECT_FALSE(format::decode_location({encoded.data(), encoded.size() - 1}));
+}
+
+}  // namespace
+}  // namespace bucketfs::cache
