@@ -1,0 +1,32 @@
+#pragma once
+// Shared by the hub/ sources; not part of the public surface.
+
+#include <initializer_list>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+#include "bucketfs/http/http.h"
+#include "bucketfs/hub/error.h"
+
+namespace bucketfs::hub::detail {
+
+// `text` with every occurrence of each non-empty secret replaced by "[redacted]", and CR/LF
+// turned into spaces (messages are one line).
+std::string scrub(std::string text, std::initializer_list<std::string_view> secrets);
+
+// The kind a status maps to on a Hub or CAS route when nothing more specific applies.
+HubErrorKind kind_of_status(int status);
+
+// A HubError from a transport error: `subject` names what was asked ("bucket alice/b",
+// "tree of alice/b under 'x'"), the http error's describe() follows. Secrets are scrubbed.
+HubError from_http(const http::Error& error, std::string_view subject,
+                   std::initializer_list<std::string_view> secrets);
+
+HubError bad_response(std::string_view subject, std::string_view detail);
+
+// A JSON body, or nullopt when it does not parse.
+std::optional<nlohmann::json> parse_json(std::string_view text);
+
+}  // namespace bucketfs::hub::detail
