@@ -48,4 +48,38 @@ std::optional<BucketId> parse_bucket_id(std::string_view text) {
   return id;
 }
 
+std::expected<BucketPath, std::string> parse_bucket_path(std::string_view text) {
+  const std::string shown(text.substr(0, 200));
+  std::string_view rest = text;
+  if (rest.starts_with("hf://")) {
+    rest.remove_prefix(5);
+    if (rest.starts_with("bucket/")) return std::unexpected("'" + shown + "': use hf://buckets/ (plural)");
+    if (!rest.starts_with("buckets/")) {
+      return std::unexpected("'" + shown + "' is not a bucket: expected hf://buckets/NAMESPACE/NAME[/PATH]");
+    }
+    rest.remove_prefix(8);
+  }
+  BucketPath out;
+  out.trailing_slash = rest.ends_with('/');
+  while (!rest.empty() && rest.back() == '/') rest.remove_suffix(1);
+  if (rest.starts_with('/')) return std::unexpected("'" + shown + "': a bucket path may not start with '/'");
+  const auto first = rest.find('/');
+  if (first == std::string_view::npos) {
+    return std::unexpected("'" + shown + "': expected NAMESPACE/NAME[/PATH]");
+  }
+  const auto second = rest.find('/', first + 1);
+  const std::string_view id = rest.substr(0, second);
+  if (id.find('@') != std::string_view::npos) return std::unexpected("'" + shown + "': buckets have no revision ('@')");
+  auto bucket = parse_bucket_id(id);
+  if (!bucket) return std::unexpected("'" + shown + "': '" + std::string(id) + "' is not a valid bucket id");
+  out.bucket = std::move(*bucket);
+  if (second != std::string_view::npos) {
+    out.path = std::string(rest.substr(second + 1));
+    if (out.path.find("//") != std::string::npos || out.path.starts_with('/')) {
+      return std::unexpected("'" + shown + "': a bucket path may not contain '//'");
+    }
+  }
+  return out;
+}
+
 }  // namespace bucketfs::naming

@@ -33,5 +33,29 @@ TEST(Naming, BucketIds) {
   }
 }
 
+TEST(Naming, BucketPaths) {
+  auto root = parse_bucket_path("hf://buckets/alice/ckpts");
+  ASSERT_TRUE(root);
+  EXPECT_EQ(root->bucket.str(), "alice/ckpts");
+  EXPECT_EQ(root->path, "");
+  auto deep = parse_bucket_path("hf://buckets/alice/ckpts/run-7/step 2000/model.bin");
+  ASSERT_TRUE(deep);
+  EXPECT_EQ(deep->path, "run-7/step 2000/model.bin");
+  EXPECT_FALSE(deep->trailing_slash);
+  EXPECT_EQ(deep->uri(), "hf://buckets/alice/ckpts/run-7/step 2000/model.bin");
+  auto folder = parse_bucket_path("alice/ckpts/run-7/");
+  ASSERT_TRUE(folder);
+  EXPECT_EQ(folder->path, "run-7");
+  EXPECT_TRUE(folder->trailing_slash);
+  EXPECT_TRUE(parse_bucket_path("hf://buckets/alice/ckpts/file@1.txt"));
+  for (const char* bad : {"hf://bucket/alice/x", "hf://models/alice/x", "hf://buckets/", "hf://buckets/alice",
+                          "hf://buckets/al ice/x", "hf://buckets/alice/x@v1", "hf://buckets/alice/x/a//b",
+                          "alice", "/alice/x"}) {
+    auto parsed = parse_bucket_path(bad);
+    ASSERT_FALSE(parsed) << bad;
+    EXPECT_NE(parsed.error().find(bad), std::string::npos) << parsed.error();
+  }
+}
+
 }  // namespace
 }  // namespace bucketfs::naming

@@ -3,6 +3,7 @@
 // "Object key naming", BUCKET_API.md section 6). Shared by the server, which refuses bad names
 // with a 4xx, and the client and mount, which refuse them before any request (EINVAL).
 
+#include <expected>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -28,5 +29,23 @@ std::optional<std::string> name_problem(std::string_view name);
 
 // Parses `ns/name` (exactly one '/', both parts valid names).
 std::optional<BucketId> parse_bucket_id(std::string_view text);
+
+// A place in a bucket: the bucket and a key or key prefix ("" for the root).
+struct BucketPath {
+  BucketId bucket;
+  std::string path;             // no leading or trailing '/'
+  bool trailing_slash = false;  // the text ended with '/' (a folder, rsync style)
+
+  std::string uri() const { return "hf://buckets/" + bucket.str() + (path.empty() ? "" : "/" + path); }
+};
+
+// Parses `hf://buckets/ns/name[/path]` or a plain `ns/name[/path]`, the forms the `hf` CLI accepts
+// (BUCKET_API.md section 5). Refuses `hf://bucket/` (must be plural), other repo types, a missing
+// namespace or name, '@' in the bucket id (buckets have no revision), and a path with "//".
+// The error is one line naming the text.
+std::expected<BucketPath, std::string> parse_bucket_path(std::string_view text);
+
+// Whether `text` names a bucket location (starts with hf://) rather than a local file.
+inline bool is_bucket_uri(std::string_view text) { return text.starts_with("hf://"); }
 
 }  // namespace bucketfs::naming
