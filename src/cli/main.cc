@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 
 #include "bucket_commands.h"
+#include "copy_command.h"
 #include "xet_commands.h"
 
 int main(int argc, char** argv) {
@@ -10,6 +11,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("bucketfs ") + BUCKETFS_VERSION);
   bucketfs::cli::add_bucket_commands(app);
+  bucketfs::cli::add_copy_command(app);
   bucketfs::cli::add_xet_commands(app);
   CLI11_PARSE(app, argc, argv);
   return 0;

@@ -1175,8 +1175,28 @@ std::expected<std::unique_ptr<BucketServer>, std::string> BucketServer::open(Buc
   return server;
 }
 
+bool BucketServer::inject_fault(const HttpRequest& request) {
+  if (options_.fault_rate <= 0 || request.raw_path == "/metrics") return false;
+  std::lock_guard lock(fault_mutex_);
+  // SplitMix64 step: a reproducible stream for a given seed.
+  fault_state_ += 0x9E3779B97F4A7C15ULL;
+  std::uint64_t z = fault_state_ ^ options_.fault_seed;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  z ^= z >> 31;
+  return static_cast<double>(z >> 11) / 9007199254740992.0 < options_.fault_rate;
+}
+
 RouteDecision BucketServer::decide(const HttpRequest& request) {
   const std::string& raw = request.raw_path;
+  if (inject_fault(request)) {
+    static constexpr int kStatuses[] = {500, 503, 429};
+    const int status = kStatuses[std::hash<std::string>{}(raw + request.method) % 3];
+    HttpResponse response = error_response(status, "injected fault");
+    if (status == 429) response.headers.set("Retry-After", "0");
+    metrics_.count_request("injected_fault", status);
+    return RouteDecision::respond(std::move(response));
+  }
   std::size_t limit = kSmallBody;
   if (request.method == "POST") {
     if (raw.starts_with("/v1/xorbs/") || raw == "/v1/shards" || raw == "/v2/shards") {

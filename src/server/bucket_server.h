@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "http_server.h"
@@ -31,6 +32,10 @@ struct BucketServerOptions {
   std::string data_dir;
   std::string tokens_file;  // empty: DATA/tokens, created with a write token for `local`
   std::int64_t cas_token_lifetime_seconds = 3600;
+  // Fault injection for tests of clients (--inject-faults): this share of requests (all routes
+  // but /metrics) is answered with 500, 503 or 429 (Retry-After: 0) before anything is done.
+  double fault_rate = 0;
+  std::uint64_t fault_seed = 1;
   std::int64_t signed_url_lifetime_seconds = 3600;
   // Clock (unix milliseconds); replaceable so tests can expire tokens.
   std::function<std::int64_t()> now_ms;
@@ -60,7 +65,11 @@ class BucketServer {
   struct Routed;
   HttpResponse dispatch(HttpRequest& request, std::string& route);
 
+  bool inject_fault(const HttpRequest& request);
+
   BucketServerOptions options_;
+  std::mutex fault_mutex_;
+  std::uint64_t fault_state_ = 0;  // GUARDED_BY(fault_mutex_)
   MetadataStore metadata_;
   XorbStore xorbs_;
   HubTokens tokens_;

@@ -39,6 +39,7 @@ int main(int argc, char** argv) {
   CLI::App app{"bucketfs-server: Hugging Face bucket and Xet CAS APIs over local disk", "bucketfs-server"};
   std::string data_dir, listen = "127.0.0.1:0", tokens_file, ready_file;
   std::int64_t token_lifetime = 3600;
+  std::string faults;
   app.add_option("--data", data_dir, "Folder for metadata and xorbs (created if missing)")->required();
   app.add_option("--listen", listen, "Address to listen on, HOST:PORT; port 0 picks a free port")
       ->capture_default_str();
@@ -50,6 +51,8 @@ int main(int argc, char** argv) {
                  "Seconds a CAS token and a signed xorb URL stay valid")
       ->capture_default_str()
       ->check(CLI::Range(std::int64_t{1}, std::int64_t{7} * 24 * 3600));
+  app.add_option("--inject-faults", faults,
+                 "For client tests: 'rate=R[,seed=N]' answers a share R of requests with 500, 503 or 429");
   app.set_version_flag("--version", std::string("bucketfs-server ") + BUCKETFS_VERSION);
   CLI11_PARSE(app, argc, argv);
 
@@ -72,6 +75,34 @@ int main(int argc, char** argv) {
   options.tokens_file = tokens_file;
   options.cas_token_lifetime_seconds = token_lifetime;
   options.signed_url_lifetime_seconds = token_lifetime;
+  if (!faults.empty()) {
+    for (std::size_t start = 0; start < faults.size();) {
+      const auto comma = faults.find(',', start);
+      const std::string item = faults.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+      const auto equals = item.find('=');
+      const std::string key = item.substr(0, equals);
+      const std::string value = equals == std::string::npos ? "" : item.substr(equals + 1);
+      try {
+        if (key == "rate") {
+          options.fault_rate = std::stod(value);
+        } else if (key == "seed") {
+          options.fault_seed = std::stoull(value);
+        } else {
+          throw std::invalid_argument(key);
+        }
+      } catch (const std::exception&) {
+        std::fprintf(stderr, "bucketfs-server: --inject-faults: cannot use '%s' (expected rate=R[,seed=N])\n",
+                     item.c_str());
+        return 2;
+      }
+      if (comma == std::string::npos) break;
+      start = comma + 1;
+    }
+    if (options.fault_rate < 0 || options.fault_rate > 1) {
+      std::fprintf(stderr, "bucketfs-server: --inject-faults: rate must be between 0 and 1\n");
+      return 2;
+    }
+  }
   auto server = bucketfs::server::BucketServer::open(options);
   if (!server) {
     std::fprintf(stderr, "bucketfs-server: %s\n", server.error().c_str());

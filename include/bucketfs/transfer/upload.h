@@ -1,0 +1,185 @@
+#pragma once
+// Dedup upload of files to a bucket (DESIGN.md "A write", xet-spec upload-protocol.md and
+// deduplication.md).
+//
+// Pipeline of one file (UploadSession::add_file), all on the calling thread except where noted:
+//   1. The source is read in pieces of UploadOptions::read_piece into pooled blocks (a chunk never
+//      straddles two blocks: the open chunk's bytes are carried to the next block), and chunked
+//      and hashed as the bytes pass (xet::ChunkHashStream: the xet-core chunker and hashes).
+//   2. Each chunk is looked up in this session's chunks, the node-local DedupIndex (one get_many
+//      per block) and the answers of global dedup queries received so far. The first chunk of a
+//      file and chunks with xet::hash_is_global_dedup_eligible hashes (at most one query per
+//      UploadOptions::dedup_query_spacing bytes) are asked with CasClient::dedup_query on
+//      background threads; an answer's xorbs (chunk hashes keyed with its footer key, matched
+//      with xet::keyed_chunk_hash) are remembered for every later chunk of the session.
+//   3. Chunks wait in a window (at most UploadOptions::dedup_window bytes) until a query issued
+//      at or after them has been answered, so an answer also covers the chunks before the
+//      queried one. When the window is full, the oldest chunks are decided with what is known.
+//   4. A chunk nobody has is packed into the open xorb (xet::XorbBuilder); a full xorb is handed
+//      to UploadOptions::parallel_uploads worker threads that POST it while chunking goes on.
+//      Every uploaded xorb's chunks go into the DedupIndex (one put_many per xorb).
+//   5. Consecutive chunks of one xorb with consecutive indices form one term; each term's
+//      verification hash is computed when it closes, and the file hash with an
+//      AggregatedHasher, so no per-chunk list of the file is kept.
+// UploadSession::finish uploads the last xorb, waits for every xorb, then uploads ONE shard with
+// the file infos of every file added to the session and the CAS infos of the new xorbs.
+//
+// Memory: at most dedup_window + 2 read blocks of chunk data and parallel_uploads + 1 xorb
+// buffers (xorb buffers are recycled, read blocks pooled) plus per-chunk metadata of the session
+// (terms, and the hashes of chunks this session uploaded, capped by max_session_chunks).
+//
+// Thread-safety: an UploadSession and an Uploader are used by one thread at a time; they start
+// and join their own worker threads.
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <expected>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "bucketfs/cache/dedup_index.h"
+#include "bucketfs/http/http.h"
+#include "bucketfs/hub/cas_client.h"
+#include "bucketfs/hub/hub_client.h"
+#include "bucketfs/naming/naming.h"
+#include "bucketfs/xet/compression.h"
+#include "bucketfs/xet/hash.h"
+
+namespace bucketfs::transfer {
+
+enum class UploadErrorKind {
+  source,     // the source failed to read
+  remote,     // a CAS or Hub call failed (see `hub`)
+  rejected,   // the commit was answered but refused (batch failures)
+  internal,   // a builder refused what we built (a bug)
+  cancelled,  // the CancellationToken fired
+};
+
+struct UploadError {
+  UploadErrorKind kind = UploadErrorKind::internal;
+  std::string message;               // one line, token-free
+  std::optional<hub::HubError> hub;  // for kind remote
+
+  std::string describe() const;
+};
+
+template <typename T>
+using UploadResult = std::expected<T, UploadError>;
+
+// Pulls the next bytes of a file into `buffer`: returns how many were written, 0 at the end of
+// the file, or an error message. Called from the thread that calls add_file, never concurrently.
+using UploadSource = std::function<std::expected<std::size_t, std::string>(std::span<std::byte> buffer)>;
+
+// A source reading `fd` from its current position to its end (read(2), EINTR retried). The fd
+// is not owned and must stay open while the source is used.
+UploadSource fd_source(int fd);
+// A source over bytes that must stay valid while the source is used.
+UploadSource memory_source(std::span<const std::byte> bytes);
+
+struct UploadOptions {
+  std::size_t parallel_uploads = 2;  // xorb POSTs in flight, >= 1
+  bool global_dedup = true;          // ask the global dedup API for eligible chunks
+  xet::CompressionPolicy compression = xet::CompressionPolicy::kPredicted;
+  std::size_t read_piece = std::size_t{8} << 20;     // bytes per read into a block
+  std::size_t dedup_window = std::size_t{64} << 20;  // chunk bytes held for pending dedup answers
+  std::size_t dedup_query_spacing = std::size_t{4} << 20;  // min bytes between two queries
+  std::size_t max_dedup_queries = 4;                       // in flight; more eligible chunks skip
+  // How long a full window waits for answers in flight before deciding without them.
+  std::chrono::milliseconds dedup_wait{500};
+  // Chunks this session uploaded that later chunks (of any file) may reference. Beyond it new
+  // chunks are still uploaded but no longer remembered.
+  std::size_t max_session_chunks = std::size_t{1} << 20;
+
+  // The bound on buffered bytes (UploadStats::peak_buffered_bytes) these options imply.
+  std::uint64_t memory_budget() const;
+};
+
+// What one file's upload did.
+struct UploadStats {
+  xet::Hash file_hash;  // xet-core's file hash; zero for the empty file
+  std::uint64_t size = 0;
+  std::uint64_t chunks = 0;
+  std::uint64_t new_chunks = 0;             // packed into new xorbs
+  std::uint64_t new_chunk_bytes = 0;        // their uncompressed bytes
+  std::uint64_t session_dedup_chunks = 0;   // found among chunks this session uploaded
+  std::uint64_t local_dedup_chunks = 0;     // found in the DedupIndex
+  std::uint64_t global_dedup_chunks = 0;    // found in global dedup answers
+  std::uint64_t dedup_queries = 0;          // global dedup queries sent
+  std::uint64_t dedup_query_hits = 0;       // ... answered with a shard
+  std::uint64_t terms = 0;
+};
+
+// Session totals, complete after finish().
+struct SessionStats {
+  std::uint64_t files = 0;
+  std::uint64_t xorbs_uploaded = 0;
+  std::uint64_t xorb_bytes_sent = 0;  // serialized bytes of the xorbs POSTed (each once)
+  std::uint64_t shard_bytes = 0;
+  // Highest sum of read blocks, held chunk data and xorb buffers alive at once.
+  std::uint64_t peak_buffered_bytes = 0;
+  std::uint64_t dedup_index_errors = 0;  // DedupIndex failures (ignored: dedup is optional)
+  std::uint64_t dedup_query_errors = 0;  // failed global dedup queries (ignored likewise)
+};
+
+// Several files, one shard. `cas` must hold a write token source; `dedup_index` may be null.
+// Both must outlive the session.
+class UploadSession {
+ public:
+  UploadSession(hub::CasClient& cas, cache::DedupIndex* dedup_index, UploadOptions options = {});
+  ~UploadSession();  // cancels and joins what is in flight if finish() was not called
+  UploadSession(const UploadSession&) = delete;
+  UploadSession& operator=(const UploadSession&) = delete;
+
+  // Uploads the new chunks of one file (its xorbs may still be in flight when this returns) and
+  // records its reconstruction for the shard. The file is registered only by finish().
+  // After an error the session is unusable.
+  UploadResult<UploadStats> add_file(const UploadSource& source, const http::CancellationToken* cancel = nullptr);
+
+  // Uploads the last xorb, waits for all xorbs, then uploads the shard. Afterwards the file
+  // hashes returned by add_file may be committed. Call once.
+  UploadResult<SessionStats> finish(const http::CancellationToken* cancel = nullptr);
+
+  const SessionStats& stats() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+struct UploadedFile {
+  UploadStats file;
+  SessionStats session;
+};
+
+// One file per session, then an optional commit with HubClient::batch.
+class Uploader {
+ public:
+  // `cas` (write token of `bucket`'s CAS), `hub`, and `dedup_index` (may be null) must outlive it.
+  Uploader(hub::CasClient& cas, hub::HubClient& hub, cache::DedupIndex* dedup_index, UploadOptions options = {});
+
+  // add_file + finish of a fresh session.
+  UploadResult<UploadedFile> upload(const UploadSource& source, const http::CancellationToken* cancel = nullptr);
+
+  // One batch addFile of `path` -> `file_hash` (after its shard is uploaded).
+  UploadResult<void> commit(const naming::BucketId& bucket, const std::string& path, const xet::Hash& file_hash,
+                            std::optional<std::int64_t> mtime_ms = std::nullopt,
+                            const http::CancellationToken* cancel = nullptr);
+
+  UploadResult<UploadedFile> upload_and_commit(const naming::BucketId& bucket, const std::string& path,
+                                               const UploadSource& source,
+                                               std::optional<std::int64_t> mtime_ms = std::nullopt,
+                                               const http::CancellationToken* cancel = nullptr);
+
+ private:
+  hub::CasClient& cas_;
+  hub::HubClient& hub_;
+  cache::DedupIndex* dedup_index_;
+  UploadOptions options_;
+};
+
+}  // namespace bucketfs::transfer

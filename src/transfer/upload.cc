@@ -1,0 +1,713 @@
+// The upload pipeline: see include/bucketfs/transfer/upload.h for the stages and their bounds.
+#include "bucketfs/transfer/upload.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "bucketfs/xet/chunker.h"
+#include "bucketfs/xet/shard.h"
+#include "bucketfs/xet/xorb.h"
+
+namespace bucketfs::transfer {
+namespace {
+
+constexpr std::size_t kBlockSlack = xet::kMaxChunkSize;  // room for the open chunk carried over
+
+std::unexpected<UploadError> fail(UploadErrorKind kind, std::string message,
+                                  std::optional<hub::HubError> hub = std::nullopt) {
+  return std::unexpected(UploadError{kind, std::move(message), std::move(hub)});
+}
+
+std::unexpected<UploadError> remote(std::string what, hub::HubError error) {
+  const auto kind = error.kind == hub::HubErrorKind::cancelled ? UploadErrorKind::cancelled : UploadErrorKind::remote;
+  std::string message = what + ": " + error.describe();
+  return fail(kind, std::move(message), std::move(error));
+}
+
+// Where a chunk already is: a xorb of the session table (by id) and its index there.
+struct Location {
+  std::size_t xorb_id = 0;
+  std::uint32_t index = 0;
+  std::uint32_t size = 0;
+};
+
+// A global dedup answer's chunks, keyed with its footer key.
+struct KeyedChunks {
+  xet::Hash key;  // zero: plain hashes
+  std::unordered_map<xet::Hash, Location> chunks;
+};
+
+// A chunk waiting for its decision.
+struct PendingChunk {
+  xet::Hash hash;
+  std::uint32_t size = 0;
+  std::uint64_t block_seq = 0;
+  std::size_t block_offset = 0;
+  std::uint64_t file_index = 0;  // chunk number in the file
+  std::optional<cache::DedupEntry> local;
+};
+
+// Read buffer; chunks lie wholly inside one block.
+struct Block {
+  xet::Bytes data;
+  std::size_t used = 0;
+  std::size_t pending = 0;  // chunks in it not decided yet
+};
+
+// A term under construction, referencing the session's xorb table.
+struct OpenTerm {
+  std::size_t xorb_id = 0;
+  std::uint32_t start = 0;
+  std::uint32_t end = 0;
+  std::uint32_t bytes = 0;
+};
+
+struct FileRecord {
+  xet::Hash file_hash;
+  std::vector<OpenTerm> terms;
+  std::vector<xet::Hash> verification;
+};
+
+struct XorbJob {
+  std::size_t id = 0;
+  xet::SerializedXorb xorb;
+};
+
+}  // namespace
+
+std::string UploadError::describe() const {
+  static constexpr const char* kNames[] = {"source", "remote", "rejected", "internal", "cancelled"};
+  return std::string(kNames[static_cast<int>(kind)]) + ": " + message;
+}
+
+UploadSource fd_source(int fd) {
+  return [fd](std::span<std::byte> buffer) -> std::expected<std::size_t, std::string> {
+    for (;;) {
+      const auto n = ::read(fd, buffer.data(), buffer.size());
+      if (n >= 0) return static_cast<std::size_t>(n);
+      if (errno != EINTR) return std::unexpected(std::string("read: ") + std::strerror(errno));
+    }
+  };
+}
+
+UploadSource memory_source(std::span<const std::byte> bytes) {
+  auto offset = std::make_shared<std::size_t>(0);
+  return [bytes, offset](std::span<std::byte> buffer) -> std::expected<std::size_t, std::string> {
+    const std::size_t n = std::min(buffer.size(), bytes.size() - *offset);
+    if (n > 0) std::memcpy(buffer.data(), bytes.data() + *offset, n);
+    *offset += n;
+    return n;
+  };
+}
+
+std::uint64_t UploadOptions::memory_budget() const {
+  const std::uint64_t blocks = (global_dedup ? dedup_window / read_piece : 0) + 2;
+  return blocks * (read_piece + kBlockSlack) + (parallel_uploads + 1) * std::uint64_t{xet::kMaxXorbSize};
+}
+
+// ---- UploadSession ---------------------------------------------------------------------------
+
+struct UploadSession::Impl {
+  Impl(hub::CasClient& cas_client, cache::DedupIndex* index, UploadOptions opts)
+      : cas(cas_client), dedup_index(index), options(opts), builder(opts.compression) {
+    options.parallel_uploads = std::max<std::size_t>(1, options.parallel_uploads);
+    options.read_piece = std::max<std::size_t>(options.read_piece, 2 * xet::kMaxChunkSize);
+    max_blocks = (options.global_dedup ? options.dedup_window / options.read_piece : 0) + 2;
+  }
+
+  ~Impl() {
+    cancel.cancel();
+    stop_workers();
+    join_queries();
+  }
+
+  hub::CasClient& cas;
+  cache::DedupIndex* dedup_index;
+  UploadOptions options;
+  http::CancellationToken cancel;  // fired on the first failure or by the caller's token
+  SessionStats stats;
+  bool failed = false;
+  bool finished = false;
+
+  // -- xorb table and shard content (caller thread) --
+  std::vector<xet::Hash> xorb_hashes;  // by id; a new xorb's hash is set when it is finished
+  std::unordered_map<xet::Hash, std::size_t> external_ids;  // xorbs the session did not create
+  std::unordered_map<xet::Hash, Location> session_chunks;   // chunks of the session's new xorbs
+  std::vector<KeyedChunks> answers;                          // global dedup knowledge
+  std::vector<FileRecord> files;
+  xet::UploadShardBuilder shard;
+  xet::XorbBuilder builder;
+  std::optional<std::size_t> open_xorb;  // id of the xorb `builder` is filling
+  std::uint64_t builder_capacity = 0;    // the capacity of a buffer recycled into `builder`
+
+  // -- read blocks (caller thread) --
+  std::deque<Block> blocks;  // blocks[i] has sequence number front_seq + i
+  std::uint64_t front_seq = 0;
+  std::vector<xet::Bytes> block_pool;
+  std::size_t max_blocks = 2;
+  std::uint64_t blocks_allocated_bytes = 0;
+
+  // -- xorb upload workers --
+  std::mutex mutex;
+  std::condition_variable changed;
+  std::deque<XorbJob> queue;            // GUARDED_BY(mutex)
+  std::size_t alive = 0;                // submitted, not yet uploaded; GUARDED_BY(mutex)
+  std::vector<xet::Bytes> free_buffers;  // uploaded xorbs' buffers; GUARDED_BY(mutex)
+  std::uint64_t xorb_held_bytes = 0;    // capacity of queued, in-flight and free buffers; GUARDED_BY(mutex)
+  std::optional<UploadError> worker_error;  // GUARDED_BY(mutex)
+  bool stopping = false;                    // GUARDED_BY(mutex)
+  std::vector<std::jthread> workers;
+
+  // -- global dedup queries --
+  struct Answer {
+    std::uint64_t file_index = 0;
+    std::optional<xet::Shard> shard;
+    bool error = false;
+  };
+  std::mutex query_mutex;
+  std::condition_variable query_done;
+  std::vector<Answer> answered;  // GUARDED_BY(query_mutex)
+  std::size_t queries_in_flight = 0;  // GUARDED_BY(query_mutex)
+  std::vector<std::jthread> query_threads;
+
+  void sample_peak() {
+    std::uint64_t xorbs;
+    {
+      std::lock_guard lock(mutex);
+      xorbs = xorb_held_bytes;
+    }
+    // A builder that was not given a recycled buffer reserves a whole xorb when it starts.
+    const std::uint64_t building = builder.empty() ? builder_capacity
+                                                   : std::max<std::uint64_t>(builder_capacity, xet::kMaxXorbSize);
+    stats.peak_buffered_bytes = std::max(stats.peak_buffered_bytes, blocks_allocated_bytes + xorbs + building);
+  }
+
+  // ---- workers ----
+
+  void start_workers() {
+    if (!workers.empty()) return;
+    for (std::size_t i = 0; i < options.parallel_uploads; ++i) {
+      workers.emplace_back([this] { work(); });
+    }
+  }
+
+  void stop_workers() {
+    {
+      std::lock_guard lock(mutex);
+      stopping = true;
+    }
+    changed.notify_all();
+    workers.clear();  // joins
+  }
+
+  void work() {
+    for (;;) {
+      XorbJob job;
+      {
+        std::unique_lock lock(mutex);
+        changed.wait(lock, [&] { return stopping || !queue.empty(); });
+        if (queue.empty()) return;
+        job = std::move(queue.front());
+        queue.pop_front();
+      }
+      auto sent = cas.upload_xorb(job.xorb.hash, job.xorb.bytes, &cancel);
+      bool index_error = false;
+      if (sent && dedup_index != nullptr) {
+        std::vector<cache::DedupRecord> records;
+        records.reserve(job.xorb.chunks.size());
+        for (std::size_t i = 0; i < job.xorb.chunks.size(); ++i) {
+          const auto& chunk = job.xorb.chunks[i];
+          records.push_back({chunk.hash, {job.xorb.hash, static_cast<std::uint32_t>(i), chunk.uncompressed_size}});
+        }
+        index_error = !dedup_index->put_many(records);
+      }
+      {
+        std::lock_guard lock(mutex);
+        --alive;
+        if (sent) {
+          stats.xorbs_uploaded++;
+          stats.xorb_bytes_sent += job.xorb.bytes.size();
+          stats.dedup_index_errors += index_error ? 1 : 0;
+          job.xorb.bytes.clear();
+          free_buffers.push_back(std::move(job.xorb.bytes));
+        } else {
+          xorb_held_bytes -= job.xorb.bytes.capacity();
+          if (!worker_error) worker_error = remote("upload xorb " + job.xorb.hash.to_string(), sent.error()).error();
+          cancel.cancel();
+        }
+      }
+      changed.notify_all();
+    }
+  }
+
+  std::optional<UploadError> worker_failure() {
+    std::lock_guard lock(mutex);
+    return worker_error;
+  }
+
+  // Finishes the open xorb and queues it, waiting while parallel_uploads xorbs are alive.
+  UploadResult<void> submit_open_xorb() {
+    if (!open_xorb) return {};
+    const std::size_t id = *open_xorb;
+    open_xorb.reset();
+    sample_peak();
+    XorbJob job{id, builder.finish()};
+    builder_capacity = 0;
+    xorb_hashes[id] = job.xorb.hash;
+    auto info = xet::make_xorb_info(job.xorb.hash, job.xorb.chunk_hashes(),
+                                    static_cast<std::uint32_t>(job.xorb.bytes.size()));
+    if (!info) return fail(UploadErrorKind::internal, "xorb info: " + info.error().describe());
+    if (auto added = shard.add_xorb(std::move(*info)); !added) {
+      return fail(UploadErrorKind::internal, "shard xorb: " + added.error().describe());
+    }
+    start_workers();
+    {
+      std::unique_lock lock(mutex);
+      changed.wait(lock, [&] { return worker_error || alive < options.parallel_uploads; });
+      if (worker_error) return std::unexpected(*worker_error);
+      xorb_held_bytes += job.xorb.bytes.capacity();
+      queue.push_back(std::move(job));
+      ++alive;
+    }
+    changed.notify_all();
+    return {};
+  }
+
+  // Gives the builder an uploaded xorb's buffer, when one is free.
+  void recycle_into_builder() {
+    if (!builder.empty()) return;
+    std::lock_guard lock(mutex);
+    if (free_buffers.empty()) return;
+    xet::Bytes buffer = std::move(free_buffers.back());
+    free_buffers.pop_back();
+    xorb_held_bytes -= buffer.capacity();
+    builder_capacity = buffer.capacity();
+    builder.recycle(std::move(buffer));
+  }
+
+  UploadResult<void> wait_uploads() {
+    std::unique_lock lock(mutex);
+    changed.wait(lock, [&] { return worker_error || alive == 0; });
+    if (worker_error) return std::unexpected(*worker_error);
+    return {};
+  }
+
+  // ---- global dedup ----
+
+  void launch_query(const xet::Hash& hash, std::uint64_t file_index) {
+    {
+      std::lock_guard lock(query_mutex);
+      ++queries_in_flight;
+    }
+    query_threads.emplace_back([this, hash, file_index] {
+      auto result = cas.dedup_query(hash, &cancel);
+      {
+        std::lock_guard lock(query_mutex);
+        Answer answer;
+        answer.file_index = file_index;
+        if (result && *result) {
+          answer.shard = std::move(**result);
+        } else if (!result) {
+          answer.error = true;
+        }
+        answered.push_back(std::move(answer));
+        --queries_in_flight;
+      }
+      query_done.notify_all();
+    });
+  }
+
+  void join_queries() { query_threads.clear(); }
+
+  std::size_t in_flight_queries() {
+    std::lock_guard lock(query_mutex);
+    return queries_in_flight;
+  }
+
+  std::size_t external_id(const xet::Hash& xorb) {
+    auto [it, inserted] = external_ids.try_emplace(xorb, xorb_hashes.size());
+    if (inserted) xorb_hashes.push_back(xorb);
+    return it->second;
+  }
+
+  // Takes in the answers that arrived; returns the highest file_index answered (or none).
+  void collect_answers(UploadStats& file_stats, std::optional<std::uint64_t>& answered_upto) {
+    std::vector<Answer> arrived;
+    {
+      std::lock_guard lock(query_mutex);
+      arrived.swap(answered);
+    }
+    const auto now = static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+            .count());
+    for (auto& answer : arrived) {
+      if (!answered_upto || answer.file_index > *answered_upto) answered_upto = answer.file_index;
+      if (answer.error) stats.dedup_query_errors++;
+      if (!answer.shard) continue;
+      const auto& shard_answer = *answer.shard;
+      if (shard_answer.footer && shard_answer.footer->expired(now)) continue;
+      file_stats.dedup_query_hits++;
+      const xet::Hash key = shard_answer.chunk_key().value_or(xet::Hash{});
+      auto slot = std::find_if(answers.begin(), answers.end(), [&](const KeyedChunks& k) { return k.key == key; });
+      if (slot == answers.end()) slot = answers.insert(answers.end(), KeyedChunks{key, {}});
+      for (const auto& xorb : shard_answer.xorbs) {
+        const std::size_t id = external_id(xorb.xorb_hash);
+        for (std::size_t i = 0; i < xorb.chunks.size(); ++i) {
+          slot->chunks.try_emplace(xorb.chunks[i].chunk_hash,
+                                   Location{id, static_cast<std::uint32_t>(i), xorb.chunks[i].unpacked_bytes});
+        }
+      }
+    }
+  }
+
+  std::optional<Location> find_in_answers(const xet::Hash& hash, std::uint32_t size) const {
+    for (const auto& keyed : answers) {
+      auto it = keyed.chunks.find(xet::keyed_chunk_hash(hash, keyed.key));
+      if (it != keyed.chunks.end() && it->second.size == size) return it->second;
+    }
+    return std::nullopt;
+  }
+
+  // ---- per file ----
+
+  struct FileState {
+    UploadStats stats;
+    xet::AggregatedHasher hasher;
+    FileRecord record;
+    std::optional<OpenTerm> term;
+    std::vector<xet::Hash> term_hashes;
+    std::deque<PendingChunk> pending;
+    std::uint64_t pending_bytes = 0;
+    std::optional<std::uint64_t> answered_upto;  // highest chunk index with a query answered
+    std::optional<std::uint64_t> last_query_offset;
+    std::uint64_t chunk_offset = 0;  // file offset of the next chunk found
+    std::uint64_t chunk_count = 0;
+  };
+
+  void close_term(FileState& f) {
+    if (!f.term) return;
+    f.record.verification.push_back(xet::verification_hash(f.term_hashes));
+    f.record.terms.push_back(*f.term);
+    f.term.reset();
+    f.term_hashes.clear();
+  }
+
+  void append_to_term(FileState& f, const PendingChunk& chunk, const Location& where) {
+    if (f.term && (f.term->xorb_id != where.xorb_id || f.term->end != where.index)) close_term(f);
+    if (!f.term) f.term = OpenTerm{where.xorb_id, where.index, where.index, 0};
+    f.term->end++;
+    f.term->bytes += chunk.size;
+    f.term_hashes.push_back(chunk.hash);
+  }
+
+  // Decides the oldest pending chunk: reference it where it already is, or pack it.
+  UploadResult<void> decide_front(FileState& f) {
+    PendingChunk chunk = std::move(f.pending.front());
+    f.pending.pop_front();
+    f.pending_bytes -= chunk.size;
+    Block& block = blocks[chunk.block_seq - front_seq];
+    std::optional<Location> where;
+    if (auto it = session_chunks.find(chunk.hash); it != session_chunks.end() && it->second.size == chunk.size) {
+      where = it->second;
+      f.stats.session_dedup_chunks++;
+    } else if (chunk.local && chunk.local->size == chunk.size) {
+      where = Location{external_id(chunk.local->xorb), chunk.local->chunk_index, chunk.size};
+      f.stats.local_dedup_chunks++;
+    } else if (auto found = find_in_answers(chunk.hash, chunk.size)) {
+      where = found;
+      f.stats.global_dedup_chunks++;
+    }
+    if (!where) {
+      if (!builder.would_fit(chunk.size)) {
+        if (auto submitted = submit_open_xorb(); !submitted) return submitted;
+      }
+      recycle_into_builder();
+      if (!open_xorb) {
+        open_xorb = xorb_hashes.size();
+        xorb_hashes.emplace_back();
+      }
+      const auto index = static_cast<std::uint32_t>(builder.chunk_count());
+      auto added = builder.add_chunk(xet::ByteSpan(block.data).subspan(chunk.block_offset, chunk.size), chunk.hash);
+      if (!added) return fail(UploadErrorKind::internal, "xorb: " + added.error().describe());
+      where = Location{*open_xorb, index, chunk.size};
+      if (session_chunks.size() < options.max_session_chunks) session_chunks.try_emplace(chunk.hash, *where);
+      f.stats.new_chunks++;
+      f.stats.new_chunk_bytes += chunk.size;
+    }
+    append_to_term(f, chunk, *where);
+    block.pending--;
+    release_blocks();
+    return {};
+  }
+
+  // Whether the oldest pending chunk may be decided now without losing a dedup answer.
+  bool front_ready(FileState& f, bool eof) {
+    const PendingChunk& chunk = f.pending.front();
+    if (!options.global_dedup) return true;
+    if (session_chunks.contains(chunk.hash) || chunk.local || find_in_answers(chunk.hash, chunk.size)) return true;
+    if (in_flight_queries() > 0) return false;
+    return eof || (f.answered_upto && *f.answered_upto >= chunk.file_index);
+  }
+
+  // Decides pending chunks: those that are ready; with `free_block`, also the oldest ones until
+  // the oldest block is released (the window is full); with `eof`, all.
+  UploadResult<void> drain(FileState& f, bool free_block, bool eof) {
+    collect_answers(f.stats, f.answered_upto);
+    if (eof && options.global_dedup) {
+      std::unique_lock lock(query_mutex);
+      query_done.wait(lock, [&] { return queries_in_flight == 0; });
+    }
+    if (free_block && in_flight_queries() > 0) {
+      std::unique_lock lock(query_mutex);
+      query_done.wait_for(lock, options.dedup_wait, [&] { return queries_in_flight == 0; });
+    }
+    collect_answers(f.stats, f.answered_upto);
+    const std::uint64_t block_to_free = front_seq;
+    while (!f.pending.empty()) {
+      const bool forced = eof || (free_block && f.pending.front().block_seq == block_to_free);
+      if (!forced && !front_ready(f, eof)) break;
+      if (auto decided = decide_front(f); !decided) return decided;
+    }
+    return {};
+  }
+
+  void release_blocks() {
+    // The last block is the one being read into; keep it.
+    while (blocks.size() > 1 && blocks.front().pending == 0) {
+      block_pool.push_back(std::move(blocks.front().data));
+      blocks.pop_front();
+      front_seq++;
+    }
+  }
+
+  xet::Bytes take_block_buffer() {
+    if (!block_pool.empty()) {
+      auto buffer = std::move(block_pool.back());
+      block_pool.pop_back();
+      return buffer;
+    }
+    xet::Bytes buffer(options.read_piece + kBlockSlack);
+    blocks_allocated_bytes += buffer.size();
+    return buffer;
+  }
+
+  // Looks the block's new chunks up in the DedupIndex and issues global dedup queries.
+  void classify(FileState& f, std::size_t first_new) {
+    if (dedup_index != nullptr && first_new < f.pending.size()) {
+      std::vector<xet::Hash> hashes;
+      hashes.reserve(f.pending.size() - first_new);
+      for (std::size_t i = first_new; i < f.pending.size(); ++i) hashes.push_back(f.pending[i].hash);
+      if (auto found = dedup_index->get_many(hashes)) {
+        for (std::size_t i = 0; i < found->size(); ++i) f.pending[first_new + i].local = (*found)[i];
+      } else {
+        std::lock_guard lock(mutex);
+        stats.dedup_index_errors++;
+      }
+    }
+    if (!options.global_dedup) return;
+    std::uint64_t offset = f.chunk_offset - f.pending_bytes;
+    for (std::size_t i = 0; i < f.pending.size(); ++i) {
+      const PendingChunk& chunk = f.pending[i];
+      const std::uint64_t chunk_start = offset;
+      offset += chunk.size;
+      if (i < first_new) continue;
+      const bool first = chunk.file_index == 0;
+      if (!first && !xet::hash_is_global_dedup_eligible(chunk.hash)) continue;
+      if (!first && f.last_query_offset && chunk_start - *f.last_query_offset < options.dedup_query_spacing) continue;
+      if (chunk.local || session_chunks.contains(chunk.hash) || find_in_answers(chunk.hash, chunk.size)) continue;
+      if (in_flight_queries() >= options.max_dedup_queries) continue;
+      f.last_query_offset = chunk_start;
+      f.stats.dedup_queries++;
+      launch_query(chunk.hash, chunk.file_index);
+    }
+  }
+
+  UploadResult<UploadStats> add_file(const UploadSource& source, const http::CancellationToken* caller) {
+    if (failed || finished) return fail(UploadErrorKind::internal, "upload session already failed or finished");
+    http::CancellationToken::Registration link;
+    if (caller != nullptr) link = caller->on_cancel([this] { cancel.cancel(); });
+    auto result = run_file(source);
+    join_queries();
+    if (!result) failed = true;
+    return result;
+  }
+
+  UploadResult<UploadStats> run_file(const UploadSource& source) {
+    FileState f;
+    xet::ChunkHashStream stream;
+    std::uint64_t open_start = 0;  // file offset of the open chunk
+    std::uint64_t read_total = 0;
+    bool eof = false;
+    // Each block starts at the open chunk: [block_start, block_start + used).
+    std::uint64_t block_start = 0;
+    while (!eof) {
+      if (cancel.cancelled()) return cancelled_or_worker_error();
+      if (auto error = worker_failure()) return std::unexpected(*error);
+      while (blocks.size() >= max_blocks) {
+        if (auto drained = drain(f, /*free_block=*/true, /*eof=*/false); !drained) return std::unexpected(drained.error());
+      }
+      // New block: carry the open chunk's bytes over, then read.
+      Block next;
+      next.data = take_block_buffer();
+      const std::size_t carry = static_cast<std::size_t>(read_total - open_start);
+      if (carry > 0) {
+        const Block& previous = blocks.back();
+        std::memcpy(next.data.data(), previous.data.data() + previous.used - carry, carry);
+      }
+      next.used = carry;
+      block_start = open_start;
+      while (next.used < next.data.size()) {
+        auto n = source(std::span(next.data).subspan(next.used));
+        if (!n) return fail(UploadErrorKind::source, n.error());
+        if (*n == 0) {
+          eof = true;
+          break;
+        }
+        next.used += *n;
+      }
+      const std::size_t fresh = next.used - carry;
+      read_total += fresh;
+      blocks.push_back(std::move(next));
+      const std::uint64_t seq = front_seq + blocks.size() - 1;
+      Block& block = blocks.back();
+      const std::size_t first_new = f.pending.size();
+      auto add_chunk = [&](const xet::HashAndSize& chunk) {
+        PendingChunk pending;
+        pending.hash = chunk.hash;
+        pending.size = static_cast<std::uint32_t>(chunk.size);
+        pending.block_seq = seq;
+        pending.block_offset = static_cast<std::size_t>(open_start - block_start);
+        pending.file_index = f.chunk_count++;
+        f.hasher.add(chunk);
+        open_start += chunk.size;
+        f.chunk_offset = open_start;
+        f.pending_bytes += chunk.size;
+        block.pending++;
+        f.pending.push_back(std::move(pending));
+      };
+      for (const auto& chunk : stream.update(xet::ByteSpan(block.data).subspan(carry, fresh))) add_chunk(chunk);
+      if (eof) {
+        if (auto last = stream.finish()) add_chunk(*last);
+      }
+      classify(f, first_new);
+      if (auto drained = drain(f, false, eof); !drained) return std::unexpected(drained.error());
+      release_blocks();
+      sample_peak();
+    }
+    close_term(f);
+    f.stats.size = read_total;
+    f.stats.chunks = f.chunk_count;
+    f.stats.terms = f.record.terms.size();
+    f.stats.file_hash = f.chunk_count == 0 ? xet::Hash{} : xet::file_hash_from_root(f.hasher.finish());
+    f.record.file_hash = f.stats.file_hash;
+    files.push_back(std::move(f.record));
+    stats.files++;
+    // Keep the last block only while it has undecided chunks (none now).
+    while (!blocks.empty() && blocks.front().pending == 0) {
+      block_pool.push_back(std::move(blocks.front().data));
+      blocks.pop_front();
+      front_seq++;
+    }
+    return f.stats;
+  }
+
+  std::unexpected<UploadError> cancelled_or_worker_error() {
+    if (auto error = worker_failure()) return std::unexpected(*error);
+    return fail(UploadErrorKind::cancelled, "upload cancelled");
+  }
+
+  UploadResult<SessionStats> finish(const http::CancellationToken* caller) {
+    if (failed || finished) return fail(UploadErrorKind::internal, "upload session already failed or finished");
+    finished = true;
+    http::CancellationToken::Registration link;
+    if (caller != nullptr) link = caller->on_cancel([this] { cancel.cancel(); });
+    if (auto submitted = submit_open_xorb(); !submitted) return std::unexpected(submitted.error());
+    if (auto waited = wait_uploads(); !waited) return std::unexpected(waited.error());
+    stop_workers();
+    for (const auto& record : files) {
+      xet::FileInfo info;
+      info.file_hash = record.file_hash;
+      info.verification = record.verification;
+      for (const auto& term : record.terms) {
+        info.terms.push_back(xet::FileTerm{xorb_hashes[term.xorb_id], 0, term.bytes, term.start, term.end});
+      }
+      if (auto added = shard.add_file(std::move(info)); !added) {
+        return fail(UploadErrorKind::internal, "shard file: " + added.error().describe());
+      }
+    }
+    if (shard.empty()) return stats;
+    auto bytes = shard.serialize();
+    if (!bytes) return fail(UploadErrorKind::internal, "shard: " + bytes.error().describe());
+    stats.shard_bytes = bytes->size();
+    if (cancel.cancelled()) return fail(UploadErrorKind::cancelled, "upload cancelled");
+    auto uploaded = cas.upload_shard(*bytes, &cancel);
+    if (!uploaded) return remote("upload shard", uploaded.error());
+    return stats;
+  }
+};
+
+UploadSession::UploadSession(hub::CasClient& cas, cache::DedupIndex* dedup_index, UploadOptions options)
+    : impl_(std::make_unique<Impl>(cas, dedup_index, options)) {}
+
+UploadSession::~UploadSession() = default;
+
+UploadResult<UploadStats> UploadSession::add_file(const UploadSource& source, const http::CancellationToken* cancel) {
+  return impl_->add_file(source, cancel);
+}
+
+UploadResult<SessionStats> UploadSession::finish(const http::CancellationToken* cancel) {
+  auto result = impl_->finish(cancel);
+  if (!result) impl_->failed = true;
+  return result;
+}
+
+const SessionStats& UploadSession::stats() const { return impl_->stats; }
+
+// ---- Uploader --------------------------------------------------------------------------------
+
+Uploader::Uploader(hub::CasClient& cas, hub::HubClient& hub, cache::DedupIndex* dedup_index, UploadOptions options)
+    : cas_(cas), hub_(hub), dedup_index_(dedup_index), options_(options) {}
+
+UploadResult<UploadedFile> Uploader::upload(const UploadSource& source, const http::CancellationToken* cancel) {
+  UploadSession session(cas_, dedup_index_, options_);
+  auto file = session.add_file(source, cancel);
+  if (!file) return std::unexpected(file.error());
+  auto totals = session.finish(cancel);
+  if (!totals) return std::unexpected(totals.error());
+  return UploadedFile{*file, *totals};
+}
+
+UploadResult<void> Uploader::commit(const naming::BucketId& bucket, const std::string& path,
+                                    const xet::Hash& file_hash, std::optional<std::int64_t> mtime_ms,
+                                    const http::CancellationToken* cancel) {
+  const std::vector operations{hub::BatchOperation::add(path, file_hash, mtime_ms)};
+  auto result = hub_.batch(bucket, operations, cancel);
+  if (!result) return remote("commit " + path, result.error());
+  if (!result->success || !result->failed.empty()) {
+    std::string why = result->failed.empty() ? std::string("refused") : result->failed.front().error;
+    return fail(UploadErrorKind::rejected, "commit " + path + ": " + why);
+  }
+  return {};
+}
+
+UploadResult<UploadedFile> Uploader::upload_and_commit(const naming::BucketId& bucket, const std::string& path,
+                                                       const UploadSource& source,
+                                                       std::optional<std::int64_t> mtime_ms,
+                                                       const http::CancellationToken* cancel) {
+  auto uploaded = upload(source, cancel);
+  if (!uploaded) return uploaded;
+  if (auto committed = commit(bucket, path, uploaded->file.file_hash, mtime_ms, cancel); !committed) {
+    return std::unexpected(committed.error());
+  }
+  return uploaded;
+}
+
+}  // namespace bucketfs::transfer

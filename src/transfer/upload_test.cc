@@ -1,0 +1,355 @@
+// Uploader / UploadSession against a real bucketfs-server in-process: committed size and xet hash
+// for edge sizes, byte-exact reconstruction through resolve, dedup ratios (local index and global
+// dedup alone) read from the server's metrics, overlap of chunking and xorb upload, the memory
+// bound, several files in one shard, and retries through injected 503s.
+#include "bucketfs/transfer/upload.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <random>
+#include <fstream>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "bucketfs/cache/node_store.h"
+#include "bucketfs/http/retry.h"
+#include "bucketfs/hub/xet_token.h"
+#include "bucketfs/xet/chunker.h"
+#include "hub_test_fixture.h"
+#include "temp_dir.h"
+
+namespace bucketfs::transfer {
+namespace {
+
+using hub::testing::kAliceWrite;
+using namespace std::chrono_literals;
+
+constexpr std::size_t kMiB = std::size_t{1} << 20;
+
+xet::Bytes random_data(std::size_t n, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  xet::Bytes out(n);
+  std::size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const std::uint64_t v = rng();
+    std::memcpy(out.data() + i, &v, 8);
+  }
+  for (; i < n; ++i) out[i] = std::byte(rng() & 0xff);
+  return out;
+}
+
+// xet-core's file hash of `data`, computed in one piece.
+xet::Hash expected_hash(xet::ByteSpan data) {
+  std::vector<xet::HashAndSize> chunks;
+  std::size_t offset = 0;
+  for (const auto length : xet::chunk_lengths(data)) {
+    chunks.push_back({xet::chunk_hash(data.subspan(offset, length)), length});
+    offset += length;
+  }
+  return chunks.empty() ? xet::Hash{} : xet::file_hash(chunks);
+}
+
+// A source that remembers how far it has been read.
+struct CountingSource {
+  xet::ByteSpan data;
+  std::shared_ptr<std::atomic<std::uint64_t>> read = std::make_shared<std::atomic<std::uint64_t>>(0);
+
+  UploadSource source() const {
+    return [data = data, read = read](std::span<std::byte> buffer) -> std::expected<std::size_t, std::string> {
+      const std::uint64_t at = read->load();
+      const std::size_t n = std::min<std::size_t>(buffer.size(), data.size() - at);
+      std::memcpy(buffer.data(), data.data() + at, n);
+      read->store(at + n);
+      return n;
+    };
+  }
+};
+
+// Fails every `every`-th request with a 503 before it reaches the server.
+class Every5thFails : public http::ForwardingTransport {
+ public:
+  using ForwardingTransport::ForwardingTransport;
+  http::Result<http::Response> perform(const http::Request& request, const http::CancellationToken* cancel) override {
+    if (++count_ % 5 == 0) {
+      failed_++;
+      http::Error error;
+      error.kind = http::ErrorKind::http_status;
+      error.status = 503;
+      error.route = http::route_of(request.method, request.url);
+      error.message = "injected";
+      return std::unexpected(error);
+    }
+    return ForwardingTransport::perform(request, cancel);
+  }
+  std::uint64_t failed() const { return failed_.load(); }
+
+ private:
+  std::atomic<std::uint64_t> count_{0};
+  std::atomic<std::uint64_t> failed_{0};
+};
+
+class UploadTest : public hub::testing::ServerFixture {
+ protected:
+  void SetUp() override {
+    ServerFixture::SetUp();
+    hub_.emplace(transport_, settings(kAliceWrite));
+    ASSERT_TRUE(hub_->create_bucket(bucket_));
+    hub::XetTokenOptions options;
+    options.write = true;
+    tokens_.emplace(*hub_, bucket_, options);
+    cas_.emplace(transport_, *tokens_);
+  }
+
+  std::shared_ptr<cache::DedupIndex> open_index(const std::string& name) {
+    auto store = cache::NodeStore::open(std::filesystem::path(cache_dir_.path()) / name);
+    EXPECT_TRUE(store);
+    return std::make_shared<cache::DedupIndex>(*store);
+  }
+
+  std::uint64_t xorb_bytes_received() {
+    http::Request request;
+    request.url = base_url_ + "/metrics";
+    auto response = curl_.perform(request, nullptr);
+    EXPECT_TRUE(response);
+    if (!response) return 0;
+    const std::string_view text = response->body.text();
+    const std::string_view name = "\nbucketfs_xorb_bytes_received_total ";
+    const auto at = text.find(name);
+    EXPECT_NE(at, std::string_view::npos);
+    return std::stoull(std::string(text.substr(at + name.size(), 32)));
+  }
+
+  // GET resolve of `path` and compare with `expected`, streaming.
+  void expect_bytes(const std::string& path, xet::ByteSpan expected) {
+    auto resolved = hub_->resolve(bucket_, path);
+    ASSERT_TRUE(resolved) << resolved.error().describe();
+    EXPECT_EQ(resolved->size, expected.size());
+    ASSERT_TRUE(resolved->xet_hash);
+    EXPECT_EQ(*resolved->xet_hash, expected_hash(expected));
+    if (expected.empty()) return;
+    http::Request request;
+    request.url = base_url_ + "/buckets/" + bucket_.ns + "/" + bucket_.name + "/resolve/" + path;
+    request.headers.set("Authorization", std::string("Bearer ") + kAliceWrite);
+    request.follow_redirects = true;
+    std::uint64_t offset = 0;
+    bool same = true;
+    request.sink = [&](std::span<const std::byte> data) {
+      if (offset + data.size() > expected.size() || std::memcmp(data.data(), expected.data() + offset, data.size()) != 0) {
+        same = false;
+      }
+      offset += data.size();
+      return true;
+    };
+    auto response = curl_.perform(request, nullptr);
+    ASSERT_TRUE(response) << response.error().describe();
+    EXPECT_EQ(response->status, 200);
+    EXPECT_EQ(offset, expected.size());
+    EXPECT_TRUE(same) << path << ": downloaded bytes differ";
+  }
+
+  naming::BucketId bucket_{"alice", "up"};
+  std::optional<hub::HubClient> hub_;
+  std::optional<hub::XetTokenSource> tokens_;
+  std::optional<hub::CasClient> cas_;
+  bucketfs::testing::TempDir cache_dir_{"bucketfs-upload-cache"};
+};
+
+TEST_F(UploadTest, EdgeSizesCommitTheRightHashAndBytes) {
+  auto index = open_index("cache");
+  Uploader uploader(*cas_, *hub_, index.get());
+  const std::size_t sizes[] = {0, 1, 8191, 8192, 64 * 1024, 10 * kMiB, 70 * kMiB};
+  for (const std::size_t size : sizes) {
+    SCOPED_TRACE(size);
+    const auto data = random_data(size, 1000 + size);
+    const std::string path = "sizes/f" + std::to_string(size);
+    auto done = uploader.upload_and_commit(bucket_, path, memory_source(data), 1'700'000'000'000);
+    ASSERT_TRUE(done) << done.error().describe();
+    EXPECT_EQ(done->file.size, size);
+    EXPECT_EQ(done->file.file_hash, expected_hash(data));
+    EXPECT_EQ(done->file.new_chunk_bytes, size);  // random data: nothing to dedup
+    if (size > 64 * kMiB) {
+      EXPECT_EQ(done->session.xorbs_uploaded, 2u);
+    }
+    expect_bytes(path, data);
+  }
+  auto entries = hub_->paths_info(bucket_, std::vector<std::string>{"sizes/f8191"});
+  ASSERT_TRUE(entries);
+  ASSERT_EQ(entries->size(), 1u);
+  EXPECT_EQ((*entries)[0].mtime_ms, 1'700'000'000'000);
+}
+
+TEST_F(UploadTest, SmallPiecesAndFdSourceGiveTheSameHash) {
+  // Read pieces barely larger than two chunks: chunks carried across many blocks.
+  UploadOptions options;
+  options.read_piece = 256 * 1024;
+  options.dedup_window = 1 * kMiB;
+  Uploader uploader(*cas_, *hub_, nullptr, options);
+  const auto data = random_data(5 * kMiB + 123, 7);
+  const auto file = std::filesystem::path(dir_.path()) / "src.bin";
+  {
+    std::ofstream out(file, std::ios::binary);
+    out.write(reinterpret_cast<const char*>(data.data()), static_cast<std::streamsize>(data.size()));
+  }
+  const int fd = ::open(file.c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  auto done = uploader.upload_and_commit(bucket_, "pieces.bin", fd_source(fd));
+  ::close(fd);
+  ASSERT_TRUE(done) << done.error().describe();
+  EXPECT_EQ(done->file.file_hash, expected_hash(data));
+  EXPECT_LE(done->session.peak_buffered_bytes, options.memory_budget());
+  expect_bytes("pieces.bin", data);
+}
+
+TEST_F(UploadTest, SessionSharesOneShardAndDedupsWithinIt) {
+  const auto a = random_data(3 * kMiB, 11);
+  auto b = a;  // same content plus a tail
+  const auto tail = random_data(kMiB, 12);
+  b.insert(b.end(), tail.begin(), tail.end());
+  const std::uint64_t shards_before = transport_.count("POST " + base_url_ + "/v1/shards");
+  UploadSession session(*cas_, nullptr);
+  auto fa = session.add_file(memory_source(a));
+  ASSERT_TRUE(fa) << fa.error().describe();
+  auto fb = session.add_file(memory_source(b));
+  ASSERT_TRUE(fb) << fb.error().describe();
+  EXPECT_GE(fb->session_dedup_chunks + 3, fa->chunks);  // all of a's chunks but the last few
+  EXPECT_LT(fb->new_chunk_bytes, 2 * kMiB);
+  auto totals = session.finish();
+  ASSERT_TRUE(totals) << totals.error().describe();
+  EXPECT_EQ(totals->files, 2u);
+  EXPECT_EQ(transport_.count("POST " + base_url_ + "/v1/shards") - shards_before, 1u);
+  Uploader committer(*cas_, *hub_, nullptr);
+  ASSERT_TRUE(committer.commit(bucket_, "a.bin", fa->file_hash));
+  ASSERT_TRUE(committer.commit(bucket_, "b.bin", fb->file_hash));
+  expect_bytes("a.bin", a);
+  expect_bytes("b.bin", b);
+}
+
+TEST_F(UploadTest, RetriesInjected503s) {
+  Every5thFails faulty(curl_);
+  http::RetryPolicy policy;
+  policy.initial_backoff = 5ms;
+  policy.max_backoff = 50ms;
+  http::RetryingTransport retrying(faulty, policy);
+  hub::HubClient hub(retrying, settings(kAliceWrite));
+  hub::XetTokenOptions token_options;
+  token_options.write = true;
+  hub::XetTokenSource tokens(hub, bucket_, token_options);
+  hub::CasClient cas(retrying, tokens);
+  Uploader uploader(cas, hub, nullptr);
+  for (const std::size_t size : {std::size_t{100}, 3 * kMiB, 70 * kMiB}) {
+    const auto data = random_data(size, 500 + size);
+    const std::string path = "faults/f" + std::to_string(size);
+    auto done = uploader.upload_and_commit(bucket_, path, memory_source(data));
+    ASSERT_TRUE(done) << done.error().describe();
+    EXPECT_EQ(done->file.file_hash, expected_hash(data));
+    expect_bytes(path, data);
+  }
+  EXPECT_GE(faulty.failed(), 2u);
+}
+
+// The dedup scenario of issue 4: a large random file, then a copy with three 1 MiB regions
+// rewritten and 100 bytes inserted near the start.
+class UploadDedupTest : public UploadTest {
+ protected:
+  static constexpr std::size_t kSize = 256 * kMiB;
+
+  static xet::Bytes edited(const xet::Bytes& original) {
+    xet::Bytes copy = original;
+    for (const std::size_t at : {40 * kMiB, 130 * kMiB, 200 * kMiB}) {
+      const auto fresh = random_data(kMiB, at);
+      std::memcpy(copy.data() + at, fresh.data(), kMiB);
+    }
+    const auto inserted = random_data(100, 99);
+    copy.insert(copy.begin() + 4096, inserted.begin(), inserted.end());
+    return copy;
+  }
+
+  // Uploads the original with `first_index` and checks overlap, memory and bytes.
+  void upload_original(const xet::Bytes& original, cache::DedupIndex* first_index) {
+    UploadOptions options;
+    options.dedup_window = 16 * kMiB;  // a budget well below the file's size
+    Uploader uploader(*cas_, *hub_, first_index, options);
+    CountingSource source{original};
+    std::atomic<std::uint64_t> read_at_first_post{0};
+    transport_.set_delay([&](const http::Request& request) {
+      if (request.method == "POST" && request.url.find("/v1/xorbs/") != std::string::npos) {
+        std::uint64_t expected = 0;
+        read_at_first_post.compare_exchange_strong(expected, source.read->load());
+      }
+    });
+    const std::uint64_t before = xorb_bytes_received();
+    const auto start = std::chrono::steady_clock::now();
+    auto done = uploader.upload_and_commit(bucket_, "original.bin", source.source());
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    transport_.set_delay(nullptr);
+    ASSERT_TRUE(done) << done.error().describe();
+    const std::uint64_t sent = xorb_bytes_received() - before;
+    std::printf("[ upload ] %zu MiB new random data: %.2f s, %.0f MiB/s; xorb bytes %llu; peak buffered %llu MiB\n",
+                original.size() / kMiB, seconds, double(original.size()) / kMiB / seconds,
+                static_cast<unsigned long long>(sent),
+                static_cast<unsigned long long>(done->session.peak_buffered_bytes / kMiB));
+    EXPECT_EQ(done->file.file_hash, expected_hash(original));
+    EXPECT_GE(sent, original.size());  // all new
+    // Upload overlapped chunking: the first xorb went out long before the source was read.
+    EXPECT_GT(read_at_first_post.load(), 0u);
+    EXPECT_LT(read_at_first_post.load(), original.size() - 64 * kMiB);
+    EXPECT_LE(done->session.peak_buffered_bytes, options.memory_budget());
+    EXPECT_LT(options.memory_budget(), original.size());
+  }
+
+  // Uploads the edited copy; returns the new xorb bytes the server received.
+  std::uint64_t upload_copy(const xet::Bytes& copy, cache::DedupIndex* index, UploadStats* stats_out) {
+    Uploader uploader(*cas_, *hub_, index);
+    const std::uint64_t before = xorb_bytes_received();
+    auto done = uploader.upload_and_commit(bucket_, "copy.bin", memory_source(copy));
+    EXPECT_TRUE(done) << done.error().describe();
+    if (!done) return ~std::uint64_t{0};
+    *stats_out = done->file;
+    EXPECT_EQ(done->file.file_hash, expected_hash(copy));
+    return xorb_bytes_received() - before;
+  }
+};
+
+TEST_F(UploadDedupTest, EditedCopySendsUnder5PercentWithLocalIndex) {
+  const auto original = random_data(kSize, 42);
+  auto index = open_index("cache");
+  upload_original(original, index.get());
+  const auto copy = edited(original);
+  UploadStats stats;
+  const std::uint64_t sent = upload_copy(copy, index.get(), &stats);
+  std::printf("[ dedup ] local index: new xorb bytes %llu of %zu (%.2f%%), chunks local %llu global %llu new %llu\n",
+              static_cast<unsigned long long>(sent), copy.size(), 100.0 * double(sent) / double(copy.size()),
+              static_cast<unsigned long long>(stats.local_dedup_chunks),
+              static_cast<unsigned long long>(stats.global_dedup_chunks),
+              static_cast<unsigned long long>(stats.new_chunks));
+  EXPECT_LE(sent, copy.size() / 20);
+  EXPECT_GT(stats.local_dedup_chunks, stats.chunks * 9 / 10);
+  expect_bytes("copy.bin", copy);
+}
+
+TEST_F(UploadDedupTest, EditedCopySendsUnder5PercentWithGlobalDedupAlone) {
+  const auto original = random_data(kSize, 43);
+  auto first_cache = open_index("first");
+  upload_original(original, first_cache.get());
+  const auto copy = edited(original);
+  auto fresh_cache = open_index("fresh");  // a fresh --cache-dir
+  UploadStats stats;
+  const std::uint64_t sent = upload_copy(copy, fresh_cache.get(), &stats);
+  std::printf("[ dedup ] global only: new xorb bytes %llu of %zu (%.2f%%), chunks global %llu new %llu, queries %llu hits %llu\n",
+              static_cast<unsigned long long>(sent), copy.size(), 100.0 * double(sent) / double(copy.size()),
+              static_cast<unsigned long long>(stats.global_dedup_chunks),
+              static_cast<unsigned long long>(stats.new_chunks),
+              static_cast<unsigned long long>(stats.dedup_queries),
+              static_cast<unsigned long long>(stats.dedup_query_hits));
+  EXPECT_LE(sent, copy.size() / 20);
+  EXPECT_EQ(stats.local_dedup_chunks, 0u);
+  EXPECT_GT(stats.global_dedup_chunks, stats.chunks * 9 / 10);
+  expect_bytes("copy.bin", copy);
+}
+
+}  // namespace
+}  // namespace bucketfs::transfer
