@@ -127,11 +127,20 @@ int upload(const CopyArgs& args, naming::BucketPath destination) {
   Progress progress(from_stdin ? std::string("stdin") : std::filesystem::path(args.source).filename().string(),
                     S_ISREG(info.st_mode) ? static_cast<std::uint64_t>(info.st_size) : 0);
   const transfer::UploadSource file_source = transfer::fd_source(input.get());
-  const transfer::UploadSource source = [&](std::span<std::byte> buffer) -> std::expected<std::size_t, std::string> {
+  const transfer::UploadRead counted = [&](std::span<std::byte> buffer) -> std::expected<std::size_t, std::string> {
     auto got = file_source(buffer);
     if (got) progress.advance(*got);
     return got;
   };
+  // A regular file stays seekable through the progress counter, so the uploader can drop held
+  // bytes while it waits for global dedup answers and re-read them later.
+  const transfer::UploadSource source =
+      file_source.seekable()
+          ? transfer::UploadSource(counted,
+                                   [&](std::uint64_t offset, std::span<std::byte> buffer) {
+                                     return file_source.read_at(offset, buffer);
+                                   })
+          : transfer::UploadSource(counted);
   auto uploaded = uploader.upload_and_commit(destination.bucket, destination.path, source, mtime_ms);
   progress.finish();
   if (!uploaded) {

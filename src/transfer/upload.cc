@@ -1,6 +1,7 @@
 // The upload pipeline: see include/bucketfs/transfer/upload.h for the stages and their bounds.
 #include "bucketfs/transfer/upload.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -45,22 +46,42 @@ struct KeyedChunks {
   std::unordered_map<xet::Hash, Location> chunks;
 };
 
-// A chunk waiting for its decision.
+constexpr std::uint64_t kDropped = ~std::uint64_t{0};  // PendingChunk::block_seq of dropped bytes
+
+// A chunk waiting for its decision (64 bytes).
 struct PendingChunk {
   xet::Hash hash;
-  std::uint32_t size = 0;
-  std::uint64_t block_seq = 0;
-  std::size_t block_offset = 0;
+  std::uint64_t file_offset = 0;
+  std::uint64_t block_seq = 0;   // kDropped: bytes no longer held, re-read from the source
   std::uint64_t file_index = 0;  // chunk number in the file
-  std::optional<cache::DedupEntry> local;
+  std::uint32_t size = 0;
+  bool local = false;  // found in the DedupIndex (FileState::local_hits)
 };
 
 // Read buffer; chunks lie wholly inside one block.
 struct Block {
   xet::Bytes data;
+  std::uint64_t start = 0;  // file offset of data[0]
   std::size_t used = 0;
   std::size_t pending = 0;  // chunks in it not decided yet
 };
+
+// A global dedup query of one file, in file order.
+struct QueryEntry {
+  std::uint64_t file_index = 0;
+  xet::Hash hash;
+  std::uint32_t size = 0;
+  enum State : std::uint8_t { queued, in_flight, answered } state = queued;
+};
+
+// What the last call of a seekable source's operator() on this thread read (see UploadSource).
+struct ReadNote {
+  std::shared_ptr<const UploadReadAt> read_at;
+  std::uint64_t start = 0;
+  std::size_t count = 0;
+  int calls = 0;
+};
+thread_local ReadNote tls_read_note;
 
 // A term under construction, referencing the session's xorb table.
 struct OpenTerm {
@@ -88,29 +109,77 @@ std::string UploadError::describe() const {
   return std::string(kNames[static_cast<int>(kind)]) + ": " + message;
 }
 
+UploadSource::UploadSource(UploadRead read, UploadReadAt read_at)
+    : read_(std::move(read)),
+      read_at_(read_at ? std::make_shared<const UploadReadAt>(std::move(read_at)) : nullptr),
+      position_(std::make_shared<std::uint64_t>(0)) {}
+
+std::expected<std::size_t, std::string> UploadSource::operator()(std::span<std::byte> buffer) const {
+  if (!read_) return std::unexpected(std::string("no source"));
+  if (!read_at_) return read_(buffer);
+  const std::uint64_t start = *position_;
+  auto n = read_(buffer);
+  if (n) *position_ += *n;
+  // Leave a note for a pipeline reading through a wrapper of this source.
+  ReadNote& note = tls_read_note;
+  note.calls++;
+  note.read_at = read_at_;
+  note.start = start;
+  note.count = n ? *n : 0;
+  return n;
+}
+
 UploadSource fd_source(int fd) {
-  return [fd](std::span<std::byte> buffer) -> std::expected<std::size_t, std::string> {
+  UploadRead read = [fd](std::span<std::byte> buffer) -> std::expected<std::size_t, std::string> {
     for (;;) {
       const auto n = ::read(fd, buffer.data(), buffer.size());
       if (n >= 0) return static_cast<std::size_t>(n);
       if (errno != EINTR) return std::unexpected(std::string("read: ") + std::strerror(errno));
     }
   };
+  struct stat info {};
+  const off_t base = ::lseek(fd, 0, SEEK_CUR);
+  if (::fstat(fd, &info) != 0 || !S_ISREG(info.st_mode) || base < 0) return UploadSource(std::move(read));
+  UploadReadAt read_at = [fd, base](std::uint64_t offset,
+                                    std::span<std::byte> buffer) -> std::expected<std::size_t, std::string> {
+    std::size_t done = 0;
+    while (done < buffer.size()) {
+      const auto n = ::pread(fd, buffer.data() + done, buffer.size() - done,
+                             static_cast<off_t>(static_cast<std::uint64_t>(base) + offset + done));
+      if (n == 0) break;
+      if (n > 0) {
+        done += static_cast<std::size_t>(n);
+      } else if (errno != EINTR) {
+        return std::unexpected(std::string("pread: ") + std::strerror(errno));
+      }
+    }
+    return done;
+  };
+  return UploadSource(std::move(read), std::move(read_at));
 }
 
 UploadSource memory_source(std::span<const std::byte> bytes) {
   auto offset = std::make_shared<std::size_t>(0);
-  return [bytes, offset](std::span<std::byte> buffer) -> std::expected<std::size_t, std::string> {
+  UploadRead read = [bytes, offset](std::span<std::byte> buffer) -> std::expected<std::size_t, std::string> {
     const std::size_t n = std::min(buffer.size(), bytes.size() - *offset);
     if (n > 0) std::memcpy(buffer.data(), bytes.data() + *offset, n);
     *offset += n;
     return n;
   };
+  UploadReadAt read_at = [bytes](std::uint64_t offset,
+                                 std::span<std::byte> buffer) -> std::expected<std::size_t, std::string> {
+    if (offset >= bytes.size()) return 0;
+    const std::size_t n = std::min<std::uint64_t>(buffer.size(), bytes.size() - offset);
+    std::memcpy(buffer.data(), bytes.data() + offset, n);
+    return n;
+  };
+  return UploadSource(std::move(read), std::move(read_at));
 }
 
 std::uint64_t UploadOptions::memory_budget() const {
   const std::uint64_t blocks = (global_dedup ? dedup_window / read_piece : 0) + 2;
-  return blocks * (read_piece + kBlockSlack) + (parallel_uploads + 1) * std::uint64_t{xet::kMaxXorbSize};
+  return blocks * (read_piece + kBlockSlack) + xet::kMaxChunkSize +
+         (parallel_uploads + 1) * std::uint64_t{xet::kMaxXorbSize};
 }
 
 // ---- UploadSession ---------------------------------------------------------------------------
@@ -153,7 +222,8 @@ struct UploadSession::Impl {
   std::uint64_t front_seq = 0;
   std::vector<xet::Bytes> block_pool;
   std::size_t max_blocks = 2;
-  std::uint64_t blocks_allocated_bytes = 0;
+  std::uint64_t blocks_allocated_bytes = 0;  // read blocks and `reread`
+  xet::Bytes reread;                         // a dropped chunk read again
 
   // -- xorb upload workers --
   std::mutex mutex;
@@ -338,36 +408,6 @@ struct UploadSession::Impl {
     return it->second;
   }
 
-  // Takes in the answers that arrived; returns the highest file_index answered (or none).
-  void collect_answers(UploadStats& file_stats, std::optional<std::uint64_t>& answered_upto) {
-    std::vector<Answer> arrived;
-    {
-      std::lock_guard lock(query_mutex);
-      arrived.swap(answered);
-    }
-    const auto now = static_cast<std::uint64_t>(
-        std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
-            .count());
-    for (auto& answer : arrived) {
-      if (!answered_upto || answer.file_index > *answered_upto) answered_upto = answer.file_index;
-      if (answer.error) stats.dedup_query_errors++;
-      if (!answer.shard) continue;
-      const auto& shard_answer = *answer.shard;
-      if (shard_answer.footer && shard_answer.footer->expired(now)) continue;
-      file_stats.dedup_query_hits++;
-      const xet::Hash key = shard_answer.chunk_key().value_or(xet::Hash{});
-      auto slot = std::find_if(answers.begin(), answers.end(), [&](const KeyedChunks& k) { return k.key == key; });
-      if (slot == answers.end()) slot = answers.insert(answers.end(), KeyedChunks{key, {}});
-      for (const auto& xorb : shard_answer.xorbs) {
-        const std::size_t id = external_id(xorb.xorb_hash);
-        for (std::size_t i = 0; i < xorb.chunks.size(); ++i) {
-          slot->chunks.try_emplace(xorb.chunks[i].chunk_hash,
-                                   Location{id, static_cast<std::uint32_t>(i), xorb.chunks[i].unpacked_bytes});
-        }
-      }
-    }
-  }
-
   std::optional<Location> find_in_answers(const xet::Hash& hash, std::uint32_t size) const {
     for (const auto& keyed : answers) {
       auto it = keyed.chunks.find(xet::keyed_chunk_hash(hash, keyed.key));
@@ -385,12 +425,91 @@ struct UploadSession::Impl {
     std::optional<OpenTerm> term;
     std::vector<xet::Hash> term_hashes;
     std::deque<PendingChunk> pending;
-    std::uint64_t pending_bytes = 0;
-    std::optional<std::uint64_t> answered_upto;  // highest chunk index with a query answered
-    std::optional<std::uint64_t> last_query_offset;
+    std::unordered_map<std::uint64_t, cache::DedupEntry> local_hits;  // by file_index, pending only
+    std::deque<QueryEntry> queries;  // not yet answered, or answered behind an unanswered one
+    // Every query at or before this chunk index has been answered.
+    std::optional<std::uint64_t> answered_prefix;
     std::uint64_t chunk_offset = 0;  // file offset of the next chunk found
     std::uint64_t chunk_count = 0;
+    // Positional reads of the source (possibly of the seekable source a wrapper reads through);
+    // stream offset o is read at o + read_at_base.
+    std::shared_ptr<const UploadReadAt> read_at;
+    std::uint64_t read_at_base = 0;
+    bool seekable = false;  // chunks may still be dropped
+    bool delegated = false;  // read_at found through a wrapper's reads
   };
+
+  // Takes in the answers that arrived.
+  void collect_answers(FileState& f) {
+    std::vector<Answer> arrived;
+    {
+      std::lock_guard lock(query_mutex);
+      arrived.swap(answered);
+    }
+    const auto now = static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+            .count());
+    for (auto& answer : arrived) {
+      auto entry = std::lower_bound(f.queries.begin(), f.queries.end(), answer.file_index,
+                                    [](const QueryEntry& q, std::uint64_t index) { return q.file_index < index; });
+      if (entry != f.queries.end() && entry->file_index == answer.file_index) entry->state = QueryEntry::answered;
+      if (answer.error) stats.dedup_query_errors++;
+      if (!answer.shard) continue;
+      const auto& shard_answer = *answer.shard;
+      if (shard_answer.footer && shard_answer.footer->expired(now)) continue;
+      f.stats.dedup_query_hits++;
+      const xet::Hash key = shard_answer.chunk_key().value_or(xet::Hash{});
+      auto slot = std::find_if(answers.begin(), answers.end(), [&](const KeyedChunks& k) { return k.key == key; });
+      if (slot == answers.end()) slot = answers.insert(answers.end(), KeyedChunks{key, {}});
+      for (const auto& xorb : shard_answer.xorbs) {
+        const std::size_t id = external_id(xorb.xorb_hash);
+        for (std::size_t i = 0; i < xorb.chunks.size(); ++i) {
+          slot->chunks.try_emplace(xorb.chunks[i].chunk_hash,
+                                   Location{id, static_cast<std::uint32_t>(i), xorb.chunks[i].unpacked_bytes});
+        }
+      }
+    }
+    pump_queries(f);
+  }
+
+  bool known(const FileState& f, const xet::Hash& hash, std::uint32_t size, std::uint64_t file_index) const {
+    if (auto it = session_chunks.find(hash); it != session_chunks.end() && it->second.size == size) return true;
+    if (auto it = f.local_hits.find(file_index); it != f.local_hits.end() && it->second.size == size) return true;
+    return find_in_answers(hash, size).has_value();
+  }
+
+  // Launches queued queries (in file order) while fewer than max_dedup_queries are in flight; a
+  // queued chunk that became known meanwhile needs no query. Then advances the answered prefix.
+  void pump_queries(FileState& f) {
+    std::size_t flying = in_flight_queries();
+    for (auto& q : f.queries) {
+      if (flying >= std::max<std::size_t>(1, options.max_dedup_queries)) break;
+      if (q.state != QueryEntry::queued) continue;
+      if (q.file_index != 0 && known(f, q.hash, q.size, q.file_index)) {
+        q.state = QueryEntry::answered;
+        continue;
+      }
+      q.state = QueryEntry::in_flight;
+      f.stats.dedup_queries++;
+      launch_query(q.hash, q.file_index);
+      ++flying;
+    }
+    while (!f.queries.empty() && f.queries.front().state == QueryEntry::answered) {
+      f.answered_prefix = f.queries.front().file_index;
+      f.queries.pop_front();
+    }
+  }
+
+  // Blocks until an answer arrives (or nothing is in flight).
+  void wait_for_answer(std::optional<std::chrono::milliseconds> limit) {
+    std::unique_lock lock(query_mutex);
+    auto arrived = [&] { return !answered.empty() || queries_in_flight == 0; };
+    if (limit) {
+      query_done.wait_for(lock, *limit, arrived);
+    } else {
+      query_done.wait(lock, arrived);
+    }
+  }
 
   void close_term(FileState& f) {
     if (!f.term) return;
@@ -408,24 +527,51 @@ struct UploadSession::Impl {
     f.term_hashes.push_back(chunk.hash);
   }
 
+  // The bytes of a pending chunk: from its block, or read again from the source and checked.
+  UploadResult<xet::ByteSpan> chunk_bytes(FileState& f, const PendingChunk& chunk) {
+    if (chunk.block_seq != kDropped) {
+      const Block& block = blocks[chunk.block_seq - front_seq];
+      return xet::ByteSpan(block.data).subspan(static_cast<std::size_t>(chunk.file_offset - block.start), chunk.size);
+    }
+    if (reread.empty()) {
+      reread.resize(xet::kMaxChunkSize);
+      blocks_allocated_bytes += reread.size();
+    }
+    const auto span = std::span(reread).first(chunk.size);
+    auto n = (*f.read_at)(chunk.file_offset + f.read_at_base, span);
+    if (!n) return fail(UploadErrorKind::source, n.error());
+    if (*n != chunk.size || xet::chunk_hash(span) != chunk.hash) {
+      return fail(UploadErrorKind::source, "the source changed while it was uploaded (chunk at offset " +
+                                               std::to_string(chunk.file_offset) + " reads differently)");
+    }
+    f.stats.reread_bytes += chunk.size;
+    return xet::ByteSpan(span);
+  }
+
   // Decides the oldest pending chunk: reference it where it already is, or pack it.
   UploadResult<void> decide_front(FileState& f) {
-    PendingChunk chunk = std::move(f.pending.front());
+    PendingChunk chunk = f.pending.front();
     f.pending.pop_front();
-    f.pending_bytes -= chunk.size;
-    Block& block = blocks[chunk.block_seq - front_seq];
+    std::optional<cache::DedupEntry> local;
+    if (chunk.local) {
+      auto it = f.local_hits.find(chunk.file_index);
+      local = it->second;
+      f.local_hits.erase(it);
+    }
     std::optional<Location> where;
     if (auto it = session_chunks.find(chunk.hash); it != session_chunks.end() && it->second.size == chunk.size) {
       where = it->second;
       f.stats.session_dedup_chunks++;
-    } else if (chunk.local && chunk.local->size == chunk.size) {
-      where = Location{external_id(chunk.local->xorb), chunk.local->chunk_index, chunk.size};
+    } else if (local && local->size == chunk.size) {
+      where = Location{external_id(local->xorb), local->chunk_index, chunk.size};
       f.stats.local_dedup_chunks++;
     } else if (auto found = find_in_answers(chunk.hash, chunk.size)) {
       where = found;
       f.stats.global_dedup_chunks++;
     }
     if (!where) {
+      auto bytes = chunk_bytes(f, chunk);
+      if (!bytes) return std::unexpected(bytes.error());
       if (!builder.would_fit(chunk.size)) {
         if (auto submitted = submit_open_xorb(); !submitted) return submitted;
       }
@@ -435,7 +581,7 @@ struct UploadSession::Impl {
         xorb_hashes.emplace_back();
       }
       const auto index = static_cast<std::uint32_t>(builder.chunk_count());
-      auto added = builder.add_chunk(xet::ByteSpan(block.data).subspan(chunk.block_offset, chunk.size), chunk.hash);
+      auto added = builder.add_chunk(*bytes, chunk.hash);
       if (!added) return fail(UploadErrorKind::internal, "xorb: " + added.error().describe());
       where = Location{*open_xorb, index, chunk.size};
       if (session_chunks.size() < options.max_session_chunks) session_chunks.try_emplace(chunk.hash, *where);
@@ -443,40 +589,61 @@ struct UploadSession::Impl {
       f.stats.new_chunk_bytes += chunk.size;
     }
     append_to_term(f, chunk, *where);
-    block.pending--;
+    if (chunk.block_seq != kDropped) blocks[chunk.block_seq - front_seq].pending--;
     release_blocks();
     return {};
   }
 
-  // Whether the oldest pending chunk may be decided now without losing a dedup answer.
+  // Whether the oldest pending chunk may be decided now without losing a dedup answer (the rule
+  // of step 3 in upload.h).
   bool front_ready(FileState& f, bool eof) {
     const PendingChunk& chunk = f.pending.front();
     if (!options.global_dedup) return true;
-    if (session_chunks.contains(chunk.hash) || chunk.local || find_in_answers(chunk.hash, chunk.size)) return true;
-    if (in_flight_queries() > 0) return false;
-    return eof || (f.answered_upto && *f.answered_upto >= chunk.file_index);
+    if (known(f, chunk.hash, chunk.size, chunk.file_index)) return true;
+    if (f.answered_prefix && *f.answered_prefix >= chunk.file_index) return true;
+    return eof && f.queries.empty();
   }
 
   // Decides pending chunks: those that are ready; with `free_block`, also the oldest ones until
-  // the oldest block is released (the window is full); with `eof`, all.
+  // the oldest block is released (the window is full); with `eof`, waits for every answer first.
   UploadResult<void> drain(FileState& f, bool free_block, bool eof) {
-    collect_answers(f.stats, f.answered_upto);
+    collect_answers(f);
     if (eof && options.global_dedup) {
-      std::unique_lock lock(query_mutex);
-      query_done.wait(lock, [&] { return queries_in_flight == 0; });
+      while (!f.queries.empty()) {
+        if (cancel.cancelled()) return cancelled_or_worker_error();
+        wait_for_answer(std::nullopt);
+        collect_answers(f);
+      }
     }
     if (free_block && in_flight_queries() > 0) {
-      std::unique_lock lock(query_mutex);
-      query_done.wait_for(lock, options.dedup_wait, [&] { return queries_in_flight == 0; });
+      const auto deadline = std::chrono::steady_clock::now() + options.dedup_wait;
+      while (in_flight_queries() > 0) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        if (left.count() <= 0) break;
+        wait_for_answer(left);
+        collect_answers(f);
+      }
     }
-    collect_answers(f.stats, f.answered_upto);
+    collect_answers(f);
     const std::uint64_t block_to_free = front_seq;
     while (!f.pending.empty()) {
-      const bool forced = eof || (free_block && f.pending.front().block_seq == block_to_free);
+      const PendingChunk& front = f.pending.front();
+      const bool forced = eof || (free_block && (front.block_seq == block_to_free || front.block_seq == kDropped));
       if (!forced && !front_ready(f, eof)) break;
       if (auto decided = decide_front(f); !decided) return decided;
     }
     return {};
+  }
+
+  // Drops the bytes of the oldest block; its undecided chunks wait as metadata (seekable only).
+  void drop_front_block(FileState& f) {
+    for (auto& chunk : f.pending) {
+      if (chunk.block_seq == kDropped) continue;
+      if (chunk.block_seq != front_seq) break;
+      chunk.block_seq = kDropped;
+    }
+    blocks.front().pending = 0;
+    release_blocks();
   }
 
   void release_blocks() {
@@ -499,35 +666,34 @@ struct UploadSession::Impl {
     return buffer;
   }
 
-  // Looks the block's new chunks up in the DedupIndex and issues global dedup queries.
+  // Looks the block's new chunks up in the DedupIndex and queues global dedup queries for the
+  // first chunk and every eligible chunk not known already.
   void classify(FileState& f, std::size_t first_new) {
     if (dedup_index != nullptr && first_new < f.pending.size()) {
       std::vector<xet::Hash> hashes;
       hashes.reserve(f.pending.size() - first_new);
       for (std::size_t i = first_new; i < f.pending.size(); ++i) hashes.push_back(f.pending[i].hash);
       if (auto found = dedup_index->get_many(hashes)) {
-        for (std::size_t i = 0; i < found->size(); ++i) f.pending[first_new + i].local = (*found)[i];
+        for (std::size_t i = 0; i < found->size(); ++i) {
+          if (!(*found)[i]) continue;
+          PendingChunk& chunk = f.pending[first_new + i];
+          chunk.local = true;
+          f.local_hits.insert_or_assign(chunk.file_index, *(*found)[i]);
+        }
       } else {
         std::lock_guard lock(mutex);
         stats.dedup_index_errors++;
       }
     }
     if (!options.global_dedup) return;
-    std::uint64_t offset = f.chunk_offset - f.pending_bytes;
-    for (std::size_t i = 0; i < f.pending.size(); ++i) {
+    for (std::size_t i = first_new; i < f.pending.size(); ++i) {
       const PendingChunk& chunk = f.pending[i];
-      const std::uint64_t chunk_start = offset;
-      offset += chunk.size;
-      if (i < first_new) continue;
       const bool first = chunk.file_index == 0;
       if (!first && !xet::hash_is_global_dedup_eligible(chunk.hash)) continue;
-      if (!first && f.last_query_offset && chunk_start - *f.last_query_offset < options.dedup_query_spacing) continue;
-      if (chunk.local || session_chunks.contains(chunk.hash) || find_in_answers(chunk.hash, chunk.size)) continue;
-      if (in_flight_queries() >= options.max_dedup_queries) continue;
-      f.last_query_offset = chunk_start;
-      f.stats.dedup_queries++;
-      launch_query(chunk.hash, chunk.file_index);
+      if (!first && known(f, chunk.hash, chunk.size, chunk.file_index)) continue;
+      f.queries.push_back(QueryEntry{chunk.file_index, chunk.hash, chunk.size});
     }
+    pump_queries(f);
   }
 
   UploadResult<UploadStats> add_file(const UploadSource& source, const http::CancellationToken* caller) {
@@ -540,18 +706,49 @@ struct UploadSession::Impl {
     return result;
   }
 
+  // Reads from `source` at stream offset `position`, and follows whether a positional reader
+  // of the same bytes is known (the source's own, or that of a seekable source it passes
+  // through unchanged).
+  std::expected<std::size_t, std::string> read_source(FileState& f, const UploadSource& source,
+                                                      std::uint64_t position, std::span<std::byte> buffer) {
+    if (source.seekable()) return source(buffer);
+    tls_read_note = ReadNote{};
+    auto n = source(buffer);
+    const ReadNote note = std::move(tls_read_note);
+    tls_read_note = ReadNote{};
+    if (!n || !f.seekable) return n;
+    const bool passed_through = note.calls == 1 && note.read_at && note.count == *n && note.start >= position;
+    if (passed_through && !f.read_at && position == 0) {
+      f.read_at = note.read_at;
+      f.read_at_base = note.start;
+      f.delegated = true;
+    } else if (!passed_through || note.read_at != f.read_at || note.start - position != f.read_at_base) {
+      f.seekable = false;  // dropped chunks already are re-read with the old reader (and checked)
+    }
+    return n;
+  }
+
   UploadResult<UploadStats> run_file(const UploadSource& source) {
     FileState f;
+    if (source.seekable()) {
+      f.read_at = source.positional();
+      f.seekable = true;
+    } else {
+      f.seekable = true;  // until a read shows no seekable source behind it
+    }
     xet::ChunkHashStream stream;
     std::uint64_t open_start = 0;  // file offset of the open chunk
     std::uint64_t read_total = 0;
     bool eof = false;
-    // Each block starts at the open chunk: [block_start, block_start + used).
-    std::uint64_t block_start = 0;
     while (!eof) {
       if (cancel.cancelled()) return cancelled_or_worker_error();
       if (auto error = worker_failure()) return std::unexpected(*error);
       while (blocks.size() >= max_blocks) {
+        if (f.seekable && f.read_at && f.pending.size() < options.max_held_chunks) {
+          if (auto drained = drain(f, false, false); !drained) return std::unexpected(drained.error());
+          if (blocks.size() >= max_blocks) drop_front_block(f);
+          continue;
+        }
         if (auto drained = drain(f, /*free_block=*/true, /*eof=*/false); !drained) return std::unexpected(drained.error());
       }
       // New block: carry the open chunk's bytes over, then read.
@@ -563,9 +760,9 @@ struct UploadSession::Impl {
         std::memcpy(next.data.data(), previous.data.data() + previous.used - carry, carry);
       }
       next.used = carry;
-      block_start = open_start;
+      next.start = open_start;
       while (next.used < next.data.size()) {
-        auto n = source(std::span(next.data).subspan(next.used));
+        auto n = read_source(f, source, read_total + (next.used - carry), std::span(next.data).subspan(next.used));
         if (!n) return fail(UploadErrorKind::source, n.error());
         if (*n == 0) {
           eof = true;
@@ -584,19 +781,19 @@ struct UploadSession::Impl {
         pending.hash = chunk.hash;
         pending.size = static_cast<std::uint32_t>(chunk.size);
         pending.block_seq = seq;
-        pending.block_offset = static_cast<std::size_t>(open_start - block_start);
+        pending.file_offset = open_start;
         pending.file_index = f.chunk_count++;
         f.hasher.add(chunk);
         open_start += chunk.size;
         f.chunk_offset = open_start;
-        f.pending_bytes += chunk.size;
         block.pending++;
-        f.pending.push_back(std::move(pending));
+        f.pending.push_back(pending);
       };
       for (const auto& chunk : stream.update(xet::ByteSpan(block.data).subspan(carry, fresh))) add_chunk(chunk);
       if (eof) {
         if (auto last = stream.finish()) add_chunk(*last);
       }
+      f.stats.peak_held_chunks = std::max<std::uint64_t>(f.stats.peak_held_chunks, f.pending.size());
       classify(f, first_new);
       if (auto drained = drain(f, false, eof); !drained) return std::unexpected(drained.error());
       release_blocks();
@@ -606,6 +803,7 @@ struct UploadSession::Impl {
     f.stats.size = read_total;
     f.stats.chunks = f.chunk_count;
     f.stats.terms = f.record.terms.size();
+    f.stats.seekable = f.read_at != nullptr && f.seekable;
     f.stats.file_hash = f.chunk_count == 0 ? xet::Hash{} : xet::file_hash_from_root(f.hasher.finish());
     f.record.file_hash = f.stats.file_hash;
     files.push_back(std::move(f.record));

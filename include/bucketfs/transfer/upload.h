@@ -8,13 +8,23 @@
 //      and hashed as the bytes pass (xet::ChunkHashStream: the xet-core chunker and hashes).
 //   2. Each chunk is looked up in this session's chunks, the node-local DedupIndex (one get_many
 //      per block) and the answers of global dedup queries received so far. The first chunk of a
-//      file and chunks with xet::hash_is_global_dedup_eligible hashes (at most one query per
-//      UploadOptions::dedup_query_spacing bytes) are asked with CasClient::dedup_query on
-//      background threads; an answer's xorbs (chunk hashes keyed with its footer key, matched
-//      with xet::keyed_chunk_hash) are remembered for every later chunk of the session.
-//   3. Chunks wait in a window (at most UploadOptions::dedup_window bytes) until a query issued
-//      at or after them has been answered, so an answer also covers the chunks before the
-//      queried one. When the window is full, the oldest chunks are decided with what is known.
+//      file and EVERY chunk with an xet::hash_is_global_dedup_eligible hash that is not already
+//      known are asked with CasClient::dedup_query on background threads, in file order, as soon
+//      as they are chunked (UploadOptions::max_dedup_queries in flight, the rest queued); an
+//      answer's xorbs (chunk hashes keyed with its footer key, matched with
+//      xet::keyed_chunk_hash) are remembered for every later chunk of the session.
+//   3. Decision rule. Chunks are decided in file order. A chunk is decided when it is known
+//      (session, DedupIndex, answers), or when the first query at or after it and every query
+//      before that one have been answered (an answer also covers the chunks before the queried
+//      one: a hit brings the whole shard that registered it), or at the end of the file once
+//      every query has been answered. So new data with no hits is decided, and its xorbs sent,
+//      as soon as the next eligible chunk's query (and all before it) answered.
+//      Holding: the bytes of undecided chunks stay in read blocks, at most dedup_window bytes.
+//      When the window is full and the source is sequential, the oldest chunks are decided with
+//      what is known (after waiting dedup_wait for queries in flight). When the source is
+//      seekable, the oldest block's bytes are dropped instead and its chunks keep waiting as
+//      metadata (at most max_held_chunks, then as sequential); a dropped chunk that turns out
+//      new is re-read with UploadSource::read_at and its hash checked before it is packed.
 //   4. A chunk nobody has is packed into the open xorb (xet::XorbBuilder); a full xorb is handed
 //      to UploadOptions::parallel_uploads worker threads that POST it while chunking goes on.
 //      Every uploaded xorb's chunks go into the DedupIndex (one put_many per xorb).
@@ -24,14 +34,16 @@
 // UploadSession::finish uploads the last xorb, waits for every xorb, then uploads ONE shard with
 // the file infos of every file added to the session and the CAS infos of the new xorbs.
 //
-// Memory: at most dedup_window + 2 read blocks of chunk data and parallel_uploads + 1 xorb
-// buffers (xorb buffers are recycled, read blocks pooled) plus per-chunk metadata of the session
-// (terms, and the hashes of chunks this session uploaded, capped by max_session_chunks).
+// Memory: at most dedup_window + 2 read blocks of chunk data, one chunk buffer for re-reads and
+// parallel_uploads + 1 xorb buffers (xorb buffers are recycled, read blocks pooled) plus
+// per-chunk metadata: of the session (terms, and the hashes of chunks this session uploaded,
+// capped by max_session_chunks) and of undecided chunks (capped by max_held_chunks).
 //
 // Thread-safety: an UploadSession and an Uploader are used by one thread at a time; they start
 // and join their own worker threads.
 
 #include <chrono>
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <expected>
@@ -40,6 +52,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "bucketfs/cache/dedup_index.h"
@@ -73,12 +86,52 @@ using UploadResult = std::expected<T, UploadError>;
 
 // Pulls the next bytes of a file into `buffer`: returns how many were written, 0 at the end of
 // the file, or an error message. Called from the thread that calls add_file, never concurrently.
-using UploadSource = std::function<std::expected<std::size_t, std::string>(std::span<std::byte> buffer)>;
+using UploadRead = std::function<std::expected<std::size_t, std::string>(std::span<std::byte> buffer)>;
+// Reads the bytes at `offset` of the stream the UploadRead returns (offset 0 = its first byte)
+// into `buffer`, without moving the stream: how many were written (short only at the end).
+using UploadReadAt =
+    std::function<std::expected<std::size_t, std::string>(std::uint64_t offset, std::span<std::byte> buffer)>;
+
+// A file to upload: a sequential reader and, when the file can be read again (a regular file,
+// bytes in memory), a positional reader. With one, the pipeline need not keep the bytes of chunks
+// waiting for global dedup answers: it keeps their metadata only and re-reads (and re-hashes)
+// the new ones when they are packed, so a pending answer never forces an upload (see step 3).
+//
+// A source built from any callable of the UploadRead signature is sequential only, except that
+// a callable that passes the reads of a seekable UploadSource through unchanged (same bytes, same
+// counts, as a progress counter wrapping fd_source does) is recognised as seekable: each call of
+// a seekable source's operator() leaves a note for the pipeline on its thread. Re-read bytes are
+// always checked against their chunk hash, so a wrapper that changes bytes, or a file changed
+// during the upload, fails the upload with a source error instead of storing wrong data.
+class UploadSource {
+ public:
+  UploadSource() = default;
+  template <typename F>
+    requires(!std::same_as<std::remove_cvref_t<F>, UploadSource> &&
+             std::is_invocable_r_v<std::expected<std::size_t, std::string>, F&, std::span<std::byte>>)
+  UploadSource(F read) : read_(std::move(read)) {}  // NOLINT: implicit, sequential only
+  UploadSource(UploadRead read, UploadReadAt read_at);
+
+  std::expected<std::size_t, std::string> operator()(std::span<std::byte> buffer) const;
+  bool seekable() const { return read_at_ != nullptr; }
+  // Requires seekable().
+  std::expected<std::size_t, std::string> read_at(std::uint64_t offset, std::span<std::byte> buffer) const {
+    return (*read_at_)(offset, buffer);
+  }
+  const std::shared_ptr<const UploadReadAt>& positional() const { return read_at_; }
+
+ private:
+  UploadRead read_;
+  std::shared_ptr<const UploadReadAt> read_at_;
+  std::shared_ptr<std::uint64_t> position_;  // bytes operator() returned so far (seekable only)
+};
 
 // A source reading `fd` from its current position to its end (read(2), EINTR retried). The fd
-// is not owned and must stay open while the source is used.
+// is not owned and must stay open while the source is used. When `fd` is a regular file the
+// source is seekable (pread(2) at the starting position plus the offset); nothing else may move
+// or change the file while the upload runs (changed bytes fail the upload, see UploadSource).
 UploadSource fd_source(int fd);
-// A source over bytes that must stay valid while the source is used.
+// A seekable source over bytes that must stay valid while the source is used.
 UploadSource memory_source(std::span<const std::byte> bytes);
 
 struct UploadOptions {
@@ -86,11 +139,16 @@ struct UploadOptions {
   bool global_dedup = true;          // ask the global dedup API for eligible chunks
   xet::CompressionPolicy compression = xet::CompressionPolicy::kPredicted;
   std::size_t read_piece = std::size_t{8} << 20;     // bytes per read into a block
-  std::size_t dedup_window = std::size_t{64} << 20;  // chunk bytes held for pending dedup answers
-  std::size_t dedup_query_spacing = std::size_t{4} << 20;  // min bytes between two queries
-  std::size_t max_dedup_queries = 4;                       // in flight; more eligible chunks skip
-  // How long a full window waits for answers in flight before deciding without them.
+  // Chunk bytes held for pending dedup answers. A sequential source decides the oldest chunks
+  // with what is known when it is full; a seekable one drops their bytes and keeps waiting.
+  std::size_t dedup_window = std::size_t{64} << 20;
+  std::size_t max_dedup_queries = 4;  // in flight; further eligible chunks queue in file order
+  // How long a full window of a sequential source waits for answers in flight before deciding
+  // without them.
   std::chrono::milliseconds dedup_wait{500};
+  // Undecided chunks of a seekable source kept as metadata only (64 bytes each). Beyond it the
+  // oldest are decided with what is known, as for a sequential source.
+  std::size_t max_held_chunks = std::size_t{2} << 20;
   // Chunks this session uploaded that later chunks (of any file) may reference. Beyond it new
   // chunks are still uploaded but no longer remembered.
   std::size_t max_session_chunks = std::size_t{1} << 20;
@@ -111,6 +169,9 @@ struct UploadStats {
   std::uint64_t global_dedup_chunks = 0;    // found in global dedup answers
   std::uint64_t dedup_queries = 0;          // global dedup queries sent
   std::uint64_t dedup_query_hits = 0;       // ... answered with a shard
+  bool seekable = false;                    // the source could be re-read
+  std::uint64_t reread_bytes = 0;           // new chunk bytes read a second time (seekable)
+  std::uint64_t peak_held_chunks = 0;       // most undecided chunks at once
   std::uint64_t terms = 0;
 };
 
