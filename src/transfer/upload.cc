@@ -74,15 +74,6 @@ struct QueryEntry {
   enum State : std::uint8_t { queued, in_flight, answered } state = queued;
 };
 
-// What the last call of a seekable source's operator() on this thread read (see UploadSource).
-struct ReadNote {
-  std::shared_ptr<const UploadReadAt> read_at;
-  std::uint64_t start = 0;
-  std::size_t count = 0;
-  int calls = 0;
-};
-thread_local ReadNote tls_read_note;
-
 // A term under construction, referencing the session's xorb table.
 struct OpenTerm {
   std::size_t xorb_id = 0;
@@ -111,22 +102,11 @@ std::string UploadError::describe() const {
 
 UploadSource::UploadSource(UploadRead read, UploadReadAt read_at)
     : read_(std::move(read)),
-      read_at_(read_at ? std::make_shared<const UploadReadAt>(std::move(read_at)) : nullptr),
-      position_(std::make_shared<std::uint64_t>(0)) {}
+      read_at_(read_at ? std::make_shared<const UploadReadAt>(std::move(read_at)) : nullptr) {}
 
 std::expected<std::size_t, std::string> UploadSource::operator()(std::span<std::byte> buffer) const {
   if (!read_) return std::unexpected(std::string("no source"));
-  if (!read_at_) return read_(buffer);
-  const std::uint64_t start = *position_;
-  auto n = read_(buffer);
-  if (n) *position_ += *n;
-  // Leave a note for a pipeline reading through a wrapper of this source.
-  ReadNote& note = tls_read_note;
-  note.calls++;
-  note.read_at = read_at_;
-  note.start = start;
-  note.count = n ? *n : 0;
-  return n;
+  return read_(buffer);
 }
 
 UploadSource fd_source(int fd) {
@@ -431,12 +411,9 @@ struct UploadSession::Impl {
     std::optional<std::uint64_t> answered_prefix;
     std::uint64_t chunk_offset = 0;  // file offset of the next chunk found
     std::uint64_t chunk_count = 0;
-    // Positional reads of the source (possibly of the seekable source a wrapper reads through);
-    // stream offset o is read at o + read_at_base.
+    // Positional reads of the source (file offsets as the sequential reads counted them).
     std::shared_ptr<const UploadReadAt> read_at;
-    std::uint64_t read_at_base = 0;
     bool seekable = false;  // chunks may still be dropped
-    bool delegated = false;  // read_at found through a wrapper's reads
   };
 
   // Takes in the answers that arrived.
@@ -538,7 +515,7 @@ struct UploadSession::Impl {
       blocks_allocated_bytes += reread.size();
     }
     const auto span = std::span(reread).first(chunk.size);
-    auto n = (*f.read_at)(chunk.file_offset + f.read_at_base, span);
+    auto n = (*f.read_at)(chunk.file_offset, span);
     if (!n) return fail(UploadErrorKind::source, n.error());
     if (*n != chunk.size || xet::chunk_hash(span) != chunk.hash) {
       return fail(UploadErrorKind::source, "the source changed while it was uploaded (chunk at offset " +
@@ -706,35 +683,11 @@ struct UploadSession::Impl {
     return result;
   }
 
-  // Reads from `source` at stream offset `position`, and follows whether a positional reader
-  // of the same bytes is known (the source's own, or that of a seekable source it passes
-  // through unchanged).
-  std::expected<std::size_t, std::string> read_source(FileState& f, const UploadSource& source,
-                                                      std::uint64_t position, std::span<std::byte> buffer) {
-    if (source.seekable()) return source(buffer);
-    tls_read_note = ReadNote{};
-    auto n = source(buffer);
-    const ReadNote note = std::move(tls_read_note);
-    tls_read_note = ReadNote{};
-    if (!n || !f.seekable) return n;
-    const bool passed_through = note.calls == 1 && note.read_at && note.count == *n && note.start >= position;
-    if (passed_through && !f.read_at && position == 0) {
-      f.read_at = note.read_at;
-      f.read_at_base = note.start;
-      f.delegated = true;
-    } else if (!passed_through || note.read_at != f.read_at || note.start - position != f.read_at_base) {
-      f.seekable = false;  // dropped chunks already are re-read with the old reader (and checked)
-    }
-    return n;
-  }
-
   UploadResult<UploadStats> run_file(const UploadSource& source) {
     FileState f;
     if (source.seekable()) {
       f.read_at = source.positional();
       f.seekable = true;
-    } else {
-      f.seekable = true;  // until a read shows no seekable source behind it
     }
     xet::ChunkHashStream stream;
     std::uint64_t open_start = 0;  // file offset of the open chunk
@@ -762,7 +715,7 @@ struct UploadSession::Impl {
       next.used = carry;
       next.start = open_start;
       while (next.used < next.data.size()) {
-        auto n = read_source(f, source, read_total + (next.used - carry), std::span(next.data).subspan(next.used));
+        auto n = source(std::span(next.data).subspan(next.used));
         if (!n) return fail(UploadErrorKind::source, n.error());
         if (*n == 0) {
           eof = true;

@@ -397,7 +397,7 @@ TEST_F(UploadDedupTest, EditedCopyFromAFileSendsUnder5PercentForAnyData) {
   struct Case {
     std::uint64_t seed;
     std::size_t size;
-    bool wrapped;  // read through a pass-through wrapper, as the CLI's progress counter does
+    bool wrapped;  // read through a wrapper that passes the positional reader on, as `cp` does
   };
   const Case cases[] = {{201, 256 * kMiB, false}, {202, 128 * kMiB, true}, {203, 128 * kMiB, false},
                         {204, 128 * kMiB, true},  {205, 128 * kMiB, false}};
@@ -421,7 +421,9 @@ TEST_F(UploadDedupTest, EditedCopyFromAFileSendsUnder5PercentForAnyData) {
     auto fresh_cache = open_index("fresh" + std::to_string(c.seed));  // a fresh --cache-dir
     Uploader uploader(*cas_, *hub_, fresh_cache.get());
     const UploadSource plain = fd_source(file.fd());
-    const UploadSource wrapper = [&plain](std::span<std::byte> buffer) { return plain(buffer); };
+    const UploadSource wrapper(
+        [&plain](std::span<std::byte> buffer) { return plain(buffer); },
+        [&plain](std::uint64_t offset, std::span<std::byte> buffer) { return plain.read_at(offset, buffer); });
     const std::uint64_t before = xorb_bytes_received();
     const std::string path = "seeds/c" + std::to_string(c.seed);
     auto done = uploader.upload_and_commit(bucket_, path, c.wrapped ? wrapper : plain);

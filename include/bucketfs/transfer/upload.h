@@ -97,11 +97,10 @@ using UploadReadAt =
 // waiting for global dedup answers: it keeps their metadata only and re-reads (and re-hashes)
 // the new ones when they are packed, so a pending answer never forces an upload (see step 3).
 //
-// A source built from any callable of the UploadRead signature is sequential only, except that
-// a callable that passes the reads of a seekable UploadSource through unchanged (same bytes, same
-// counts, as a progress counter wrapping fd_source does) is recognised as seekable: each call of
-// a seekable source's operator() leaves a note for the pipeline on its thread. Re-read bytes are
-// always checked against their chunk hash, so a wrapper that changes bytes, or a file changed
+// A source built from a callable of the UploadRead signature alone is sequential. A wrapper (a
+// progress counter, say) keeps a source seekable by passing its positional reader on:
+// UploadSource(counting_read, original.read_at). Re-read bytes are always checked against their
+// chunk hash, so a positional reader that disagrees with the sequential one, or a file changed
 // during the upload, fails the upload with a source error instead of storing wrong data.
 class UploadSource {
  public:
@@ -123,7 +122,6 @@ class UploadSource {
  private:
   UploadRead read_;
   std::shared_ptr<const UploadReadAt> read_at_;
-  std::shared_ptr<std::uint64_t> position_;  // bytes operator() returned so far (seekable only)
 };
 
 // A source reading `fd` from its current position to its end (read(2), EINTR retried). The fd
