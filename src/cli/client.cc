@@ -1,6 +1,9 @@
 #include "client.h"
 
+#include <unistd.h>
+
 #include <cstdio>
+#include <cstdlib>
 
 namespace bucketfs::cli {
 
@@ -35,6 +38,26 @@ std::expected<std::unique_ptr<Client>, std::string> Client::connect(const Client
 int fail(const std::string& message) {
   std::fprintf(stderr, "bucketfs: %s\n", message.c_str());
   return 1;
+}
+
+std::expected<std::uint64_t, std::string> parse_size(const std::string& text, const std::string& option) {
+  char* end = nullptr;
+  const double value = std::strtod(text.c_str(), &end);
+  if (end == text.c_str() || value < 0) return std::unexpected(option + ": '" + text + "' is not a size");
+  std::uint64_t unit = 1;
+  const std::string suffix = end;
+  if (suffix == "K" || suffix == "KiB" || suffix == "k") unit = 1ULL << 10;
+  else if (suffix == "M" || suffix == "MiB") unit = 1ULL << 20;
+  else if (suffix == "G" || suffix == "GiB") unit = 1ULL << 30;
+  else if (suffix == "T" || suffix == "TiB") unit = 1ULL << 40;
+  else if (!suffix.empty()) return std::unexpected(option + ": unknown unit in '" + text + "' (use K, M, G, T)");
+  return static_cast<std::uint64_t>(value * static_cast<double>(unit));
+}
+
+std::string default_cache_dir() {
+  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg && *xdg) return std::string(xdg) + "/bucketfs";
+  if (const char* home = std::getenv("HOME"); home && *home) return std::string(home) + "/.cache/bucketfs";
+  return "/tmp/bucketfs-cache-" + std::to_string(::getuid());
 }
 
 std::string explain(const hub::HubError& error, const std::string& subject) {

@@ -39,6 +39,13 @@ class Client {
   std::unique_ptr<hub::HubClient> hub_;
 };
 
+// "10G", "512M", "1.5T", "4096": bytes (K, M, G, T are powers of 1024, optionally with "iB").
+// The error is one line naming `option`.
+std::expected<std::uint64_t, std::string> parse_size(const std::string& text, const std::string& option);
+
+// $XDG_CACHE_HOME/bucketfs, else ~/.cache/bucketfs.
+std::string default_cache_dir();
+
 // Prints "bucketfs: <message>" on stderr and returns the exit status for a failed command.
 int fail(const std::string& message);
 

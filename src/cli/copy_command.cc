@@ -62,26 +62,6 @@ class Fd {
 
 std::string errno_text() { return std::strerror(errno); }
 
-std::expected<std::uint64_t, std::string> parse_size(const std::string& text) {
-  char* end = nullptr;
-  const double value = std::strtod(text.c_str(), &end);
-  if (end == text.c_str() || value < 0) return std::unexpected("--cache-size: '" + text + "' is not a size");
-  std::uint64_t unit = 1;
-  const std::string suffix = end;
-  if (suffix == "K" || suffix == "KiB" || suffix == "k") unit = 1ULL << 10;
-  else if (suffix == "M" || suffix == "MiB") unit = 1ULL << 20;
-  else if (suffix == "G" || suffix == "GiB") unit = 1ULL << 30;
-  else if (suffix == "T" || suffix == "TiB") unit = 1ULL << 40;
-  else if (!suffix.empty()) return std::unexpected("--cache-size: unknown unit in '" + text + "' (use K, M, G, T)");
-  return static_cast<std::uint64_t>(value * static_cast<double>(unit));
-}
-
-std::string default_cache_dir() {
-  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg && *xdg) return std::string(xdg) + "/bucketfs";
-  if (const char* home = std::getenv("HOME"); home && *home) return std::string(home) + "/.cache/bucketfs";
-  return "/tmp/bucketfs-cache-" + std::to_string(::getuid());
-}
-
 // The node store of --cache-dir (created 0700). Errors are one line naming the folder.
 std::expected<std::shared_ptr<cache::NodeStore>, std::string> open_store(const CopyArgs& args) {
   const std::string dir = args.cache_dir.empty() ? default_cache_dir() : args.cache_dir;
@@ -186,7 +166,7 @@ int download(const CopyArgs& args, const naming::BucketPath& source) {
 
   std::unique_ptr<cache::ChunkCache> chunk_cache;
   if (auto store = open_store(args); store) {
-    auto size = parse_size(args.cache_size);
+    auto size = parse_size(args.cache_size, "--cache-size");
     if (!size) {
       discard();
       return fail(size.error());
@@ -291,7 +271,7 @@ int run_copy(const CopyArgs& args) {
   if (!source_remote && !destination_remote) {
     return fail("one of SRC and DST must be a bucket path (hf://buckets/NAMESPACE/NAME/PATH)");
   }
-  if (auto size = parse_size(args.cache_size); !size) return fail(size.error());
+  if (auto size = parse_size(args.cache_size, "--cache-size"); !size) return fail(size.error());
   if (source_remote) {
     auto source = naming::parse_bucket_path(args.source);
     if (!source) return fail(source.error());

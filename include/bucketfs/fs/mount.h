@@ -1,0 +1,100 @@
+#pragma once
+// A bucket mounted as a directory (DESIGN.md "A read", "A write"): a multithreaded libfuse3
+// low-level daemon over the transfer/ pipelines.
+//
+// Contract (README "The mount", man/bucketfs.1):
+//  * Close-to-open consistency. Directory listings come from the tree API and are kept for
+//    `metadata_ttl`; lookups and opens after it see other clients' changes. Last writer wins.
+//  * Writes go to a staging file on local disk. close() queues the upload and returns; fsync()
+//    returns once the file is committed to the bucket (or fails with EIO). A file with a pending
+//    upload reads back its staged bytes on this mount.
+//  * Rename and unlink are batch commits (a rename moves no bytes); a directory rename is ONE
+//    batch, after the pending uploads under it are committed.
+//  * Empty directories exist on this mount only, until a file is written under them.
+//
+// Threads: Mount owns the FUSE session, its worker threads and the upload workers.
+#include <chrono>
+#include <cstdint>
+#include <expected>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "bucketfs/cache/chunk_cache.h"
+#include "bucketfs/cache/dedup_index.h"
+#include "bucketfs/hub/cas_client.h"
+#include "bucketfs/hub/hub_client.h"
+#include "bucketfs/naming/naming.h"
+#include "bucketfs/transfer/upload.h"
+
+namespace bucketfs::fs {
+
+struct MountOptions {
+  naming::BucketId bucket;
+  std::string prefix;  // a folder of the bucket shown as the root; no leading or trailing '/'
+  std::filesystem::path mountpoint;
+  bool read_only = false;
+  std::chrono::milliseconds metadata_ttl{10'000};
+  // Where staging files live (created 0700). Files there are this mount's own.
+  std::filesystem::path staging_dir;
+  // FUSE mount options passed through (-o), e.g. "allow_other". default_permissions is always on.
+  std::vector<std::string> fuse_options;
+  unsigned fuse_threads = 16;
+  unsigned upload_workers = 2;
+  // Readahead of sequential reads grows from 1 MiB up to this many bytes per open file.
+  std::size_t max_readahead = std::size_t{32} << 20;
+  transfer::UploadOptions upload;
+};
+
+// What the mount uses; everything must outlive the Mount. `write_cas` is null for a read-only
+// mount; `chunk_cache` and `dedup_index` may be null.
+struct MountServices {
+  hub::HubClient* hub = nullptr;
+  hub::CasClient* read_cas = nullptr;
+  hub::CasClient* write_cas = nullptr;
+  cache::ChunkCache* chunk_cache = nullptr;
+  cache::DedupIndex* dedup_index = nullptr;
+};
+
+struct MountStatus {
+  std::uint64_t pending_uploads = 0;  // files written and not yet committed
+  std::uint64_t uploads_in_flight = 0;
+  std::uint64_t files_committed = 0;
+  std::uint64_t bytes_committed = 0;  // sizes of the files committed
+  std::uint64_t xorb_bytes_sent = 0;
+  std::uint64_t upload_failures = 0;  // attempts that failed (retried later)
+  std::uint64_t bytes_read_remote = 0;  // file bytes served from the store (cache or network)
+  std::string last_error;             // one line, token-free; empty when none
+};
+
+class Mount {
+ public:
+  // Mounts the bucket at options.mountpoint. Fails with one line naming the problem (mountpoint
+  // missing, not a directory, already a mount, FUSE unavailable).
+  static std::expected<std::unique_ptr<Mount>, std::string> create(MountServices services, MountOptions options);
+  ~Mount();  // unmounts if still mounted, stops the workers (without draining)
+  Mount(const Mount&) = delete;
+  Mount& operator=(const Mount&) = delete;
+
+  // Serves requests until the file system is unmounted (by unmount(), `fusermount3 -u`, or
+  // `umount`). Returns 0, or an errno-style code when the loop failed.
+  int serve();
+
+  // Waits until every file written so far is committed or `timeout` passes. Returns the number
+  // of files still pending (0: everything is in the bucket). Thread-safe.
+  std::uint64_t drain(std::chrono::milliseconds timeout);
+
+  // Detaches the mount (lazy unmount); serve() then returns. Thread-safe, idempotent.
+  void unmount();
+
+  MountStatus status() const;
+
+  struct Impl;
+
+ private:
+  explicit Mount(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace bucketfs::fs

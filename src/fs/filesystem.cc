@@ -1,0 +1,1103 @@
+#include "filesystem.h"
+
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+
+#include "bucketfs/naming/naming.h"
+#include "log.h"
+
+namespace bucketfs::fs {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string join(const std::string& directory, const std::string& name) {
+  return directory.empty() ? name : directory + "/" + name;
+}
+
+// pwrite(2) of all of `data`, EINTR retried; an errno on failure.
+int write_all(int fd, const std::byte* data, std::size_t size, std::uint64_t offset) {
+  std::size_t done = 0;
+  while (done < size) {
+    const auto n = ::pwrite(fd, data + done, size - done, static_cast<off_t>(offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    done += static_cast<std::size_t>(n);
+  }
+  return 0;
+}
+
+// pread(2) of up to `size` bytes (short only at the end of the file).
+std::expected<std::size_t, int> read_all(int fd, std::byte* data, std::size_t size, std::uint64_t offset) {
+  std::size_t done = 0;
+  while (done < size) {
+    const auto n = ::pread(fd, data + done, size - done, static_cast<off_t>(offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return std::unexpected(errno);
+    }
+    if (n == 0) break;
+    done += static_cast<std::size_t>(n);
+  }
+  return done;
+}
+
+void raise_to_max(std::atomic<std::uint64_t>& value, std::uint64_t candidate) {
+  auto seen = value.load();
+  while (candidate > seen && !value.compare_exchange_weak(seen, candidate)) {
+  }
+}
+
+std::chrono::seconds backoff(unsigned attempts) {
+  return std::chrono::seconds(std::min<unsigned>(60, 1u << std::min(attempts, 6u)));
+}
+
+}  // namespace
+
+Staged::~Staged() {
+  // Bytes not in the bucket stay on disk (a later mount's journal recovery picks them up).
+  if (!path.empty() && (abandoned || !dirty())) ::unlink(path.c_str());
+}
+
+Filesystem::Filesystem(MountServices services, MountOptions options)
+    : services_(services),
+      options_(std::move(options)),
+      downloader_(*services.read_cas, services.chunk_cache,
+                  transfer::DownloaderOptions{.parallel_fetches = 4, .buffer_budget = std::size_t{64} << 20}),
+      windows_(std::max<std::size_t>(options_.max_readahead, std::size_t{1} << 20), 8),
+      mounted_at_ms_(now_ms()) {
+  auto root = std::make_shared<Node>();
+  root->ino = kRootIno;
+  root->parent = kRootIno;
+  root->directory = true;
+  root->lookups = 1;
+  nodes_[kRootIno] = root;
+  if (services_.write_cas != nullptr && !options_.read_only) {
+    for (unsigned i = 0; i < std::max(1u, options_.upload_workers); ++i) {
+      workers_.emplace_back([this] { upload_worker(); });
+    }
+  }
+}
+
+Filesystem::~Filesystem() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  work_.notify_all();
+  committed_.notify_all();
+  for (auto& worker : workers_) worker.join();
+  // Readers may wait on prefetches that use the downloader: destroy them first.
+  handles_.clear();
+}
+
+// ---- Namespace helpers (REQUIRE mutex_) --------------------------------------------------------
+
+Node* Filesystem::find(Ino ino) {
+  auto it = nodes_.find(ino);
+  return it == nodes_.end() ? nullptr : it->second.get();
+}
+
+std::string Filesystem::relative_path_of(const Node& node) const {
+  std::vector<const std::string*> names;
+  const Node* at = &node;
+  while (at->ino != kRootIno) {
+    names.push_back(&at->name);
+    auto parent = nodes_.find(at->parent);
+    if (parent == nodes_.end()) break;
+    at = parent->second.get();
+  }
+  std::string path;
+  for (auto it = names.rbegin(); it != names.rend(); ++it) {
+    if (!path.empty()) path += '/';
+    path += **it;
+  }
+  return path;
+}
+
+std::string Filesystem::path_of(const Node& node) const {
+  return join(options_.prefix, relative_path_of(node));
+}
+
+Attributes Filesystem::attributes_of(const Node& node) const {
+  Attributes attributes;
+  attributes.ino = node.ino;
+  attributes.directory = node.directory;
+  if (node.directory) {
+    attributes.mtime_ms = mounted_at_ms_;
+  } else if (node.staged) {
+    attributes.size = node.staged->size.load();
+    attributes.mtime_ms = node.staged->mtime_ms.load();
+  } else {
+    attributes.size = node.remote_size;
+    attributes.mtime_ms = node.remote_mtime_ms;
+  }
+  return attributes;
+}
+
+Node& Filesystem::add_child(Node& parent, const std::string& name, bool directory) {
+  auto node = std::make_shared<Node>();
+  node->ino = next_ino_++;
+  node->parent = parent.ino;
+  node->name = name;
+  node->directory = directory;
+  parent.children[name] = node->ino;
+  Node& added = *node;
+  nodes_[added.ino] = std::move(node);
+  return added;
+}
+
+void Filesystem::detach(Node& node) {
+  if (node.attached) {
+    if (Node* parent = find(node.parent); parent != nullptr) {
+      auto it = parent->children.find(node.name);
+      if (it != parent->children.end() && it->second == node.ino) parent->children.erase(it);
+    }
+  }
+  node.attached = false;
+  if (node.staged) {
+    node.staged->abandoned = true;  // nothing to commit any more
+    committed_.notify_all();
+  }
+  std::vector<Ino> children;
+  for (const auto& [name, ino] : node.children) children.push_back(ino);
+  node.children.clear();
+  for (Ino child : children) {
+    if (Node* c = find(child); c != nullptr) {
+      c->attached = false;
+      detach(*c);
+      maybe_erase(child);
+    }
+  }
+}
+
+void Filesystem::maybe_erase(Ino ino) {
+  Node* node = find(ino);
+  if (node == nullptr || ino == kRootIno || node->attached || node->lookups > 0 || node->open_handles > 0) return;
+  nodes_.erase(ino);
+}
+
+bool Filesystem::listing_fresh(const Node& directory) const {
+  return directory.listed && Clock::now() - directory.listed_at < options_.metadata_ttl;
+}
+
+bool Filesystem::has_local_state(const Node& node) const {
+  if (!node.directory) return node.staged && node.staged->dirty();
+  if (node.local_only) return true;
+  for (const auto& [name, ino] : node.children) {
+    auto it = nodes_.find(ino);
+    if (it != nodes_.end() && has_local_state(*it->second)) return true;
+  }
+  return false;
+}
+
+void Filesystem::enqueue(Node& node, Clock::time_point not_before) {
+  if (!node.staged || node.staged->queued || workers_.empty()) return;
+  node.staged->queued = true;
+  queue_.emplace_back(not_before, node.ino);
+  ++status_.pending_uploads;  // recomputed by status(); a hint for the workers only
+  work_.notify_one();
+}
+
+FsResult<void> Filesystem::check_name(const Node& parent, const std::string& name) const {
+  if (name.size() > 255) return std::unexpected(ENAMETOOLONG);
+  const std::string key = join(path_of(parent), name);
+  if (auto problem = naming::object_key_problem(key); problem) {
+    log_line("refused name '" + key + "': " + *problem);
+    return std::unexpected(EINVAL);
+  }
+  return {};
+}
+
+// ---- Remote metadata ---------------------------------------------------------------------------
+
+FsResult<void> Filesystem::refresh_directory(std::unique_lock<std::mutex>& lock, Ino ino) {
+  Node* directory = find(ino);
+  if (directory == nullptr) return std::unexpected(ENOENT);
+  if (!directory->directory) return std::unexpected(ENOTDIR);
+  if (listing_fresh(*directory) || !directory->attached) return {};
+  const std::string path = path_of(*directory);
+  const std::uint64_t mutations_before = mutations_;
+  lock.unlock();
+  std::vector<hub::TreeEntry> entries;
+  auto listed = services_.hub->for_each_tree_entry(options_.bucket, path, hub::TreeOptions{.recursive = false, .limit = std::nullopt},
+                                                   [&](hub::TreeEntry&& entry) {
+                                                     entries.push_back(std::move(entry));
+                                                     return true;
+                                                   });
+  lock.lock();
+  directory = find(ino);
+  if (directory == nullptr) return std::unexpected(ENOENT);
+  if (!listed) {
+    log_line("listing '" + path + "' failed: " + listed.error().describe());
+    status_.last_error = "listing failed: " + listed.error().describe();
+    if (directory->listed) return {};  // serve the stale listing rather than fail
+    return std::unexpected(EIO);
+  }
+  // A mutation of ours that raced the listing may be missing from it: then only add.
+  const bool complete = mutations_ == mutations_before;
+  const std::string base = path.empty() ? std::string() : path + "/";
+  std::map<std::string, bool> seen;
+  const auto now = Clock::now();
+  for (auto& entry : entries) {
+    if (!entry.path().starts_with(base)) continue;
+    std::string name = entry.path().substr(base.size());
+    if (name.empty() || name.find('/') != std::string::npos) continue;
+    seen[name] = true;
+    Node* child = nullptr;
+    if (auto it = directory->children.find(name); it != directory->children.end()) child = find(it->second);
+    if (child != nullptr && child->directory != entry.is_directory()) {
+      if (has_local_state(*child)) continue;
+      const Ino replaced = child->ino;
+      detach(*child);
+      maybe_erase(replaced);
+      child = nullptr;
+    }
+    if (child == nullptr) child = &add_child(*directory, name, entry.is_directory());
+    if (entry.is_directory()) {
+      child->local_only = false;
+      continue;
+    }
+    if (child->staged && (child->staged->dirty() || !complete)) continue;
+    const auto& file = entry.file;
+    if (!complete && child->remote_exists) continue;
+    child->remote_exists = true;
+    child->remote_path = file.path;
+    child->hash = file.xet_hash;
+    child->remote_size = file.size;
+    child->remote_mtime_ms = file.mtime_ms.value_or(file.uploaded_at_ms.value_or(mounted_at_ms_));
+    child->validated_at = now;
+  }
+  if (complete) {
+    std::vector<Ino> gone;
+    for (const auto& [name, child_ino] : directory->children) {
+      if (seen.contains(name)) continue;
+      Node* child = find(child_ino);
+      if (child == nullptr || has_local_state(*child)) continue;
+      if (!child->directory && !child->remote_exists) continue;  // created here, not dirty: kept
+      gone.push_back(child_ino);
+    }
+    for (Ino child : gone) {
+      if (Node* node = find(child); node != nullptr) detach(*node);
+      maybe_erase(child);
+    }
+  }
+  directory->listed = true;
+  directory->listed_at = now;
+  return {};
+}
+
+FsResult<void> Filesystem::revalidate_file(std::unique_lock<std::mutex>& lock, Ino ino) {
+  Node* node = find(ino);
+  if (node == nullptr) return std::unexpected(ENOENT);
+  if (node->directory || node->staged || !node->remote_exists) return {};
+  if (Clock::now() - node->validated_at < options_.metadata_ttl) return {};
+  const std::string path = node->remote_path;
+  lock.unlock();
+  const std::string paths[] = {path};
+  auto info = services_.hub->paths_info(options_.bucket, paths);
+  lock.lock();
+  node = find(ino);
+  if (node == nullptr) return std::unexpected(ENOENT);
+  if (!info) {
+    log_line("revalidating '" + path + "' failed: " + info.error().describe());
+    return {};  // keep what we know
+  }
+  if (node->staged || node->remote_path != path) return {};  // changed here meanwhile
+  if (info->empty()) {
+    log_line("'" + path + "' was deleted by another client");
+    detach(*node);
+    return std::unexpected(ENOENT);
+  }
+  const auto& file = info->front();
+  node->hash = file.xet_hash;
+  node->remote_size = file.size;
+  node->remote_mtime_ms = file.mtime_ms.value_or(file.uploaded_at_ms.value_or(node->remote_mtime_ms));
+  node->validated_at = Clock::now();
+  return {};
+}
+
+// ---- Staging -----------------------------------------------------------------------------------
+
+FsResult<std::shared_ptr<Staged>> Filesystem::new_staged() {
+  auto staged = std::make_shared<Staged>();
+  staged->path = (options_.staging_dir / ("f" + std::to_string(::getpid()) + "-" + std::to_string(next_staging_++)))
+                     .string();
+  const int fd = ::open(staged->path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    const int error = errno;
+    log_line("cannot create staging file " + staged->path + ": " + std::strerror(error));
+    staged->path.clear();
+    return std::unexpected(error == ENOSPC ? ENOSPC : EIO);
+  }
+  staged->fd = FileDescriptor(fd);
+  staged->mtime_ms = now_ms();
+  return staged;
+}
+
+FsResult<void> Filesystem::fetch_base(Staged& staged, const xet::Hash& hash, std::uint64_t size) {
+  std::uint64_t offset = 0;
+  int write_error = 0;
+  auto done = downloader_.download_file(hash, size, [&](std::span<const std::byte> piece) {
+    write_error = write_all(staged.fd.get(), piece.data(), piece.size(), offset);
+    offset += piece.size();
+    return write_error == 0;
+  });
+  if (write_error != 0) return std::unexpected(write_error == ENOSPC ? ENOSPC : EIO);
+  if (!done) {
+    log_line("fetching the current bytes of a file to modify failed: " + done.error().describe());
+    return std::unexpected(EIO);
+  }
+  staged.size = size;
+  return {};
+}
+
+// ---- Operations --------------------------------------------------------------------------------
+
+FsResult<Attributes> Filesystem::lookup(Ino parent, const std::string& name) {
+  std::unique_lock lock(mutex_);
+  if (auto ok = refresh_directory(lock, parent); !ok) return std::unexpected(ok.error());
+  Node* directory = find(parent);
+  auto it = directory->children.find(name);
+  if (it == directory->children.end()) return std::unexpected(ENOENT);
+  Node* child = find(it->second);
+  if (child == nullptr) return std::unexpected(ENOENT);
+  ++child->lookups;
+  return attributes_of(*child);
+}
+
+void Filesystem::remember(Ino ino) {
+  std::lock_guard lock(mutex_);
+  if (Node* node = find(ino); node != nullptr) ++node->lookups;
+}
+
+void Filesystem::forget(Ino ino, std::uint64_t count) {
+  std::lock_guard lock(mutex_);
+  Node* node = find(ino);
+  if (node == nullptr) return;
+  node->lookups -= std::min(node->lookups, count);
+  maybe_erase(ino);
+}
+
+FsResult<Attributes> Filesystem::getattr(Ino ino) {
+  std::lock_guard lock(mutex_);
+  Node* node = find(ino);
+  if (node == nullptr) return std::unexpected(ENOENT);
+  return attributes_of(*node);
+}
+
+FsResult<Attributes> Filesystem::set_size(Ino ino, std::uint64_t size) {
+  if (options_.read_only) return std::unexpected(EROFS);
+  std::unique_lock lock(mutex_);
+  Node* node = find(ino);
+  if (node == nullptr) return std::unexpected(ENOENT);
+  if (node->directory) return std::unexpected(EISDIR);
+  if (!node->staged) {
+    auto staged = new_staged();
+    if (!staged) return std::unexpected(staged.error());
+    if (node->remote_exists && node->remote_size > 0 && size > 0) {
+      const auto hash = node->hash;
+      const auto remote_size = node->remote_size;
+      lock.unlock();
+      if (auto ok = fetch_base(**staged, hash, remote_size); !ok) return std::unexpected(ok.error());
+      lock.lock();
+      node = find(ino);
+      if (node == nullptr) return std::unexpected(ENOENT);
+    }
+    (*staged)->mtime_ms = node->remote_mtime_ms;
+    if (!node->staged) node->staged = std::move(*staged);
+  }
+  auto& staged = *node->staged;
+  if (::ftruncate(staged.fd.get(), static_cast<off_t>(size)) != 0) {
+    return std::unexpected(errno == ENOSPC || errno == EFBIG ? errno : EIO);
+  }
+  staged.size = size;
+  staged.mtime_ms = now_ms();
+  ++staged.version;
+  if (node->open_writers == 0) enqueue(*node);
+  return attributes_of(*node);
+}
+
+FsResult<Attributes> Filesystem::set_mtime(Ino ino, std::int64_t mtime_ms) {
+  if (options_.read_only) return std::unexpected(EROFS);
+  std::unique_lock remote(remote_mutex_);
+  std::unique_lock lock(mutex_);
+  Node* node = find(ino);
+  if (node == nullptr) return std::unexpected(ENOENT);
+  if (node->directory) return attributes_of(*node);  // directories have no stored times
+  if (node->staged && node->staged->dirty()) {
+    node->staged->mtime_ms = mtime_ms;  // the pending commit carries it
+    return attributes_of(*node);
+  }
+  if (node->remote_exists && node->attached) {
+    const std::vector<hub::BatchOperation> operations = {
+        hub::BatchOperation::add(node->remote_path, node->hash, mtime_ms)};
+    const std::string what = "setting the time of '" + node->remote_path + "'";
+    lock.unlock();
+    if (auto ok = commit_batch(operations, what); !ok) return std::unexpected(ok.error());
+    lock.lock();
+    node = find(ino);
+    if (node == nullptr) return std::unexpected(ENOENT);
+    ++mutations_;
+  }
+  node->remote_mtime_ms = mtime_ms;
+  if (node->staged) node->staged->mtime_ms = mtime_ms;
+  return attributes_of(*node);
+}
+
+FsResult<Attributes> Filesystem::mkdir(Ino parent, const std::string& name) {
+  if (options_.read_only) return std::unexpected(EROFS);
+  std::unique_lock lock(mutex_);
+  if (auto ok = refresh_directory(lock, parent); !ok) return std::unexpected(ok.error());
+  Node* directory = find(parent);
+  if (directory->children.contains(name)) return std::unexpected(EEXIST);
+  if (auto ok = check_name(*directory, name); !ok) return std::unexpected(ok.error());
+  Node& made = add_child(*directory, name, true);
+  made.local_only = true;
+  made.listed = true;
+  made.listed_at = Clock::now();
+  ++made.lookups;
+  return attributes_of(made);
+}
+
+FsResult<void> Filesystem::rmdir(Ino parent, const std::string& name) {
+  if (options_.read_only) return std::unexpected(EROFS);
+  std::unique_lock lock(mutex_);
+  if (auto ok = refresh_directory(lock, parent); !ok) return std::unexpected(ok.error());
+  Node* directory = find(parent);
+  auto it = directory->children.find(name);
+  if (it == directory->children.end()) return std::unexpected(ENOENT);
+  const Ino ino = it->second;
+  Node* child = find(ino);
+  if (child == nullptr) return std::unexpected(ENOENT);
+  if (!child->directory) return std::unexpected(ENOTDIR);
+  if (auto ok = refresh_directory(lock, ino); !ok) return std::unexpected(ok.error());
+  child = find(ino);
+  if (child == nullptr) return std::unexpected(ENOENT);
+  if (!child->children.empty()) return std::unexpected(ENOTEMPTY);
+  detach(*child);
+  maybe_erase(ino);
+  return {};
+}
+
+FsResult<void> Filesystem::unlink(Ino parent, const std::string& name) {
+  if (options_.read_only) return std::unexpected(EROFS);
+  std::unique_lock remote(remote_mutex_);
+  std::unique_lock lock(mutex_);
+  if (auto ok = refresh_directory(lock, parent); !ok) return std::unexpected(ok.error());
+  Node* directory = find(parent);
+  auto it = directory->children.find(name);
+  if (it == directory->children.end()) return std::unexpected(ENOENT);
+  const Ino ino = it->second;
+  Node* node = find(ino);
+  if (node == nullptr) return std::unexpected(ENOENT);
+  if (node->directory) return std::unexpected(EISDIR);
+  if (node->remote_exists) {
+    const std::vector<hub::BatchOperation> operations = {hub::BatchOperation::remove(node->remote_path)};
+    const std::string what = "deleting '" + node->remote_path + "'";
+    lock.unlock();
+    if (auto ok = commit_batch(operations, what); !ok) return std::unexpected(ok.error());
+    lock.lock();
+    ++mutations_;
+    node = find(ino);
+    if (node == nullptr) return {};
+    node->remote_exists = false;
+  }
+  detach(*node);
+  maybe_erase(ino);
+  return {};
+}
+
+FsResult<void> Filesystem::rename(Ino parent, const std::string& name, Ino new_parent, const std::string& new_name,
+                                  unsigned flags) {
+  if (options_.read_only) return std::unexpected(EROFS);
+  if ((flags & RENAME_EXCHANGE) != 0) return std::unexpected(EINVAL);
+  if ((flags & ~static_cast<unsigned>(RENAME_NOREPLACE)) != 0) return std::unexpected(EINVAL);
+  {
+    // A directory is published whole: commit what is pending under it first (without holding
+    // remote_mutex_, which the commits need).
+    std::unique_lock lock(mutex_);
+    if (auto ok = refresh_directory(lock, parent); !ok) return std::unexpected(ok.error());
+    Node* directory = find(parent);
+    auto it = directory->children.find(name);
+    if (it == directory->children.end()) return std::unexpected(ENOENT);
+    Node* source = find(it->second);
+    if (source != nullptr && source->directory) {
+      std::vector<std::pair<std::shared_ptr<Staged>, std::uint64_t>> pending;
+      std::vector<Node*> stack = {source};
+      while (!stack.empty()) {
+        Node* at = stack.back();
+        stack.pop_back();
+        for (const auto& [child_name, child_ino] : at->children) {
+          Node* child = find(child_ino);
+          if (child == nullptr) continue;
+          if (child->directory) {
+            stack.push_back(child);
+          } else if (child->staged && child->staged->dirty()) {
+            enqueue(*child);
+            pending.emplace_back(child->staged, child->staged->version.load());
+          }
+        }
+      }
+      for (const auto& [staged, version] : pending) {
+        if (auto ok = wait_committed(lock, staged, version); !ok) return ok;
+      }
+    }
+  }
+  std::unique_lock remote(remote_mutex_);
+  std::unique_lock lock(mutex_);
+  if (auto ok = refresh_directory(lock, parent); !ok) return std::unexpected(ok.error());
+  if (auto ok = refresh_directory(lock, new_parent); !ok) return std::unexpected(ok.error());
+  Node* from_directory = find(parent);
+  Node* to_directory = find(new_parent);
+  auto source_it = from_directory->children.find(name);
+  if (source_it == from_directory->children.end()) return std::unexpected(ENOENT);
+  const Ino source_ino = source_it->second;
+  Node* source = find(source_ino);
+  if (source == nullptr) return std::unexpected(ENOENT);
+  if (auto ok = check_name(*to_directory, new_name); !ok) return std::unexpected(ok.error());
+  // A directory cannot move into itself.
+  for (Node* at = to_directory; at != nullptr; at = at->ino == kRootIno ? nullptr : find(at->parent)) {
+    if (at->ino == source_ino) return std::unexpected(EINVAL);
+  }
+  Ino target_ino = 0;
+  if (auto target_it = to_directory->children.find(new_name); target_it != to_directory->children.end()) {
+    target_ino = target_it->second;
+    if (target_ino == source_ino) return {};
+    if ((flags & RENAME_NOREPLACE) != 0) return std::unexpected(EEXIST);
+    Node* target = find(target_ino);
+    if (target != nullptr && target->directory) {
+      if (!source->directory) return std::unexpected(EISDIR);
+      if (auto ok = refresh_directory(lock, target_ino); !ok) return std::unexpected(ok.error());
+      target = find(target_ino);
+      if (target != nullptr && !target->children.empty()) return std::unexpected(ENOTEMPTY);
+    } else if (target != nullptr && source->directory) {
+      return std::unexpected(ENOTDIR);
+    }
+  }
+  const std::string from_path = path_of(*source);
+  const std::string to_path = join(path_of(*to_directory), new_name);
+  std::vector<hub::BatchOperation> operations;
+  if (!source->directory) {
+    if (source->remote_exists) {
+      operations.push_back(hub::BatchOperation::add(to_path, source->hash, source->remote_mtime_ms));
+      operations.push_back(hub::BatchOperation::remove(source->remote_path));
+    }
+  } else {
+    lock.unlock();
+    auto listed = services_.hub->for_each_tree_entry(options_.bucket, from_path, hub::TreeOptions{.recursive = true, .limit = std::nullopt},
+                                                     [&](hub::TreeEntry&& entry) {
+                                                       if (entry.is_directory()) return true;
+                                                       if (!entry.path().starts_with(from_path + "/")) return true;
+                                                       const std::string rest = entry.path().substr(from_path.size());
+                                                       operations.push_back(hub::BatchOperation::add(
+                                                           to_path + rest, entry.file.xet_hash, entry.file.mtime_ms));
+                                                       operations.push_back(hub::BatchOperation::remove(entry.path()));
+                                                       return true;
+                                                     });
+    if (!listed) {
+      log_line("listing '" + from_path + "' to rename it failed: " + listed.error().describe());
+      return std::unexpected(EIO);
+    }
+    lock.lock();
+  }
+  if (!operations.empty()) {
+    lock.unlock();
+    if (auto ok = commit_batch(operations, "renaming '" + from_path + "' to '" + to_path + "'"); !ok) {
+      return std::unexpected(ok.error());
+    }
+    lock.lock();
+    ++mutations_;
+  }
+  source = find(source_ino);
+  from_directory = find(parent);
+  to_directory = find(new_parent);
+  if (source == nullptr || from_directory == nullptr || to_directory == nullptr) return {};
+  if (target_ino != 0) {
+    if (Node* target = find(target_ino); target != nullptr) {
+      target->remote_exists = false;  // replaced by the add above (or by the pending upload)
+      detach(*target);
+      maybe_erase(target_ino);
+    }
+  }
+  if (auto it = from_directory->children.find(name); it != from_directory->children.end() && it->second == source_ino) {
+    from_directory->children.erase(it);
+  }
+  source->parent = new_parent;
+  source->name = new_name;
+  to_directory->children[new_name] = source_ino;
+  if (source->directory) source->local_only = source->local_only && operations.empty();
+  // Files under the moved node now live at their new keys.
+  std::vector<Node*> stack = {source};
+  while (!stack.empty()) {
+    Node* at = stack.back();
+    stack.pop_back();
+    if (!at->directory) {
+      if (at->remote_exists) at->remote_path = path_of(*at);
+      continue;
+    }
+    for (const auto& [child_name, child_ino] : at->children) {
+      if (Node* child = find(child_ino); child != nullptr) stack.push_back(child);
+    }
+  }
+  return {};
+}
+
+FsResult<std::pair<Attributes, OpenedFile>> Filesystem::create(Ino parent, const std::string& name, int flags) {
+  if (options_.read_only) return std::unexpected(EROFS);
+  std::unique_lock lock(mutex_);
+  if (auto ok = refresh_directory(lock, parent); !ok) return std::unexpected(ok.error());
+  Node* directory = find(parent);
+  if (auto it = directory->children.find(name); it != directory->children.end()) {
+    if ((flags & O_EXCL) != 0) return std::unexpected(EEXIST);
+    const Ino existing = it->second;
+    Node* node = find(existing);
+    if (node == nullptr) return std::unexpected(ENOENT);
+    if (node->directory) return std::unexpected(EISDIR);
+    ++node->lookups;
+    lock.unlock();
+    auto opened = open(existing, flags);
+    if (!opened) {
+      forget(existing, 1);
+      return std::unexpected(opened.error());
+    }
+    auto attributes = getattr(existing);
+    if (!attributes) return std::unexpected(attributes.error());
+    return std::pair{*attributes, *opened};
+  }
+  if (auto ok = check_name(*directory, name); !ok) return std::unexpected(ok.error());
+  auto staged = new_staged();
+  if (!staged) return std::unexpected(staged.error());
+  ++(*staged)->version;  // an empty new file is a change too
+  Node& node = add_child(*directory, name, false);
+  node.staged = std::move(*staged);
+  ++node.lookups;
+  ++node.open_handles;
+  ++node.open_writers;
+  const std::uint64_t id = next_handle_++;
+  auto handle = std::make_unique<Handle>();
+  handle->ino = node.ino;
+  handle->writable = true;
+  handle->staged = node.staged;
+  handles_[id] = std::move(handle);
+  return std::pair{attributes_of(node), OpenedFile{id, true}};
+}
+
+FsResult<OpenedFile> Filesystem::open(Ino ino, int flags) {
+  const bool writable = (flags & O_ACCMODE) != O_RDONLY;
+  if (writable && options_.read_only) return std::unexpected(EROFS);
+  std::unique_lock lock(mutex_);
+  Node* node = find(ino);
+  if (node == nullptr) return std::unexpected(ENOENT);
+  if (node->directory) return std::unexpected(EISDIR);
+  if (!writable) {
+    if (auto ok = revalidate_file(lock, ino); !ok) return std::unexpected(ok.error());
+    node = find(ino);
+    if (node == nullptr) return std::unexpected(ENOENT);
+  }
+  const bool truncate = (flags & O_TRUNC) != 0;
+  if (writable) {
+    if (node->staged) {
+      if (truncate && node->staged->size.load() != 0) {
+        if (::ftruncate(node->staged->fd.get(), 0) != 0) return std::unexpected(EIO);
+        node->staged->size = 0;
+        node->staged->mtime_ms = now_ms();
+        ++node->staged->version;
+      }
+    } else {
+      auto staged = new_staged();
+      if (!staged) return std::unexpected(staged.error());
+      if (!truncate && node->remote_exists && node->remote_size > 0) {
+        // Modify in place: the file's current bytes become the base of the staging file.
+        const auto hash = node->hash;
+        const auto size = node->remote_size;
+        const auto mtime = node->remote_mtime_ms;
+        lock.unlock();
+        if (auto ok = fetch_base(**staged, hash, size); !ok) return std::unexpected(ok.error());
+        (*staged)->mtime_ms = mtime;
+        lock.lock();
+        node = find(ino);
+        if (node == nullptr) return std::unexpected(ENOENT);
+        // An unchanged base is not a change: only writes make it one.
+        (*staged)->committed_version = 0;
+      } else if (truncate && node->remote_exists && node->remote_size > 0) {
+        ++(*staged)->version;  // emptied
+      }
+      if (!node->staged) node->staged = std::move(*staged);
+    }
+  }
+  ++node->open_handles;
+  if (writable) ++node->open_writers;
+  bool keep_cache = true;
+  if (!node->staged) {
+    keep_cache = node->kernel_cached == node->hash;
+    node->kernel_cached = node->hash;
+  }
+  const std::uint64_t id = next_handle_++;
+  auto handle = std::make_unique<Handle>();
+  handle->ino = ino;
+  handle->writable = writable;
+  if (writable) handle->staged = node->staged;
+  handles_[id] = std::move(handle);
+  return OpenedFile{id, keep_cache};
+}
+
+FsResult<void> Filesystem::read(std::uint64_t id, std::uint64_t offset, std::size_t length,
+                                const std::function<void(std::span<const std::byte>)>& reply) {
+  Handle* handle = nullptr;
+  std::shared_ptr<Staged> staged;
+  xet::Hash hash;
+  std::uint64_t size = 0;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = handles_.find(id);
+    if (it == handles_.end()) return std::unexpected(EBADF);
+    handle = it->second.get();
+    Node* node = find(handle->ino);
+    if (node == nullptr) return std::unexpected(ESTALE);
+    staged = node->staged;
+    hash = node->hash;
+    size = node->remote_size;
+  }
+  if (staged) {
+    thread_local std::vector<std::byte> buffer;
+    if (buffer.size() < length) buffer.resize(length);
+    auto got = read_all(staged->fd.get(), buffer.data(), length, offset);
+    if (!got) return std::unexpected(EIO);
+    reply({buffer.data(), *got});
+    return {};
+  }
+  RemoteReader* reader = nullptr;
+  {
+    std::lock_guard reader_lock(handle->reader_mutex);
+    if (!handle->reader) handle->reader = std::make_unique<RemoteReader>(downloader_, windows_, hash, size);
+    reader = handle->reader.get();
+  }
+  auto done = reader->read(offset, length, reply);
+  if (!done) {
+    log_line("read failed: " + done.error().describe());
+    std::lock_guard lock(mutex_);
+    status_.last_error = "read failed: " + done.error().describe();
+    return std::unexpected(EIO);
+  }
+  std::lock_guard lock(mutex_);
+  status_.bytes_read_remote += std::min<std::uint64_t>(length, offset < size ? size - offset : 0);
+  return {};
+}
+
+FsResult<std::size_t> Filesystem::write(std::uint64_t id, std::uint64_t offset, std::span<const std::byte> data) {
+  std::shared_ptr<Staged> staged;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = handles_.find(id);
+    if (it == handles_.end()) return std::unexpected(EBADF);
+    if (!it->second->writable) return std::unexpected(EBADF);
+    staged = it->second->staged;
+  }
+  if (int error = write_all(staged->fd.get(), data.data(), data.size(), offset); error != 0) {
+    log_line(std::string("writing a staging file failed: ") + std::strerror(error));
+    return std::unexpected(error == ENOSPC || error == EDQUOT ? ENOSPC : EIO);
+  }
+  raise_to_max(staged->size, offset + data.size());
+  staged->mtime_ms = now_ms();
+  ++staged->version;
+  return data.size();
+}
+
+FsResult<void> Filesystem::flush(std::uint64_t id) {
+  std::lock_guard lock(mutex_);
+  auto it = handles_.find(id);
+  if (it == handles_.end()) return std::unexpected(EBADF);
+  if (!it->second->writable) return {};
+  Node* node = find(it->second->ino);
+  if (node != nullptr && node->attached && node->staged && node->staged->dirty()) enqueue(*node);
+  return {};
+}
+
+FsResult<void> Filesystem::wait_committed(std::unique_lock<std::mutex>& lock, const std::shared_ptr<Staged>& staged,
+                                          std::uint64_t version) {
+  const std::uint64_t failures_before = staged->failures;
+  committed_.wait(lock, [&] {
+    return stopping_ || staged->committed_version >= version || staged->failures > failures_before ||
+           staged->abandoned;
+  });
+  if (staged->committed_version >= version || staged->abandoned) return {};
+  // Not committed: the upload failed (it is retried in the background), or we are stopping.
+  return std::unexpected(EIO);
+}
+
+FsResult<void> Filesystem::fsync(std::uint64_t id) {
+  std::unique_lock lock(mutex_);
+  auto it = handles_.find(id);
+  if (it == handles_.end()) return std::unexpected(EBADF);
+  Node* node = find(it->second->ino);
+  if (node == nullptr || !node->attached || !node->staged || !node->staged->dirty()) return {};
+  auto staged = node->staged;
+  const std::uint64_t version = staged->version.load();
+  enqueue(*node);
+  return wait_committed(lock, staged, version);
+}
+
+void Filesystem::release(std::uint64_t id) {
+  std::unique_ptr<Handle> handle;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = handles_.find(id);
+    if (it == handles_.end()) return;
+    handle = std::move(it->second);
+    handles_.erase(it);
+    Node* node = find(handle->ino);
+    if (node != nullptr) {
+      --node->open_handles;
+      if (handle->writable) --node->open_writers;
+      if (node->staged && node->attached) {
+        if (node->staged->dirty()) {
+          if (node->open_writers == 0) enqueue(*node);
+        } else if (node->open_handles == 0) {
+          node->staged.reset();  // committed and nobody has it open: the bucket has it all
+        }
+      }
+      maybe_erase(handle->ino);
+    }
+  }
+  // The reader may wait for a prefetch: destroy it outside the lock.
+  handle.reset();
+}
+
+FsResult<std::vector<DirectoryEntry>> Filesystem::list(Ino ino) {
+  std::unique_lock lock(mutex_);
+  if (auto ok = refresh_directory(lock, ino); !ok) return std::unexpected(ok.error());
+  Node* directory = find(ino);
+  std::vector<DirectoryEntry> entries;
+  entries.reserve(directory->children.size());
+  for (const auto& [name, child_ino] : directory->children) {
+    if (Node* child = find(child_ino); child != nullptr) entries.push_back({name, attributes_of(*child)});
+  }
+  return entries;
+}
+
+FsResult<std::string> Filesystem::xattr(Ino ino, const std::string& name) {
+  std::lock_guard lock(mutex_);
+  Node* node = find(ino);
+  if (node == nullptr) return std::unexpected(ENOENT);
+  if (node->directory || !node->remote_exists || (node->staged && node->staged->dirty())) {
+    return std::unexpected(ENODATA);
+  }
+  if (name == "user.xet.hash") return node->hash.to_string();
+  if (name == "user.xet.size") return std::to_string(node->remote_size);
+  return std::unexpected(ENODATA);
+}
+
+FsResult<void> Filesystem::commit_batch(const std::vector<hub::BatchOperation>& operations, const std::string& what) {
+  auto result = services_.hub->batch(options_.bucket, operations);
+  if (!result) {
+    log_line(what + " failed: " + result.error().describe());
+    std::lock_guard lock(mutex_);
+    status_.last_error = what + " failed: " + result.error().describe();
+    return std::unexpected(EIO);
+  }
+  if (!result->success) {
+    std::string reason = result->failed.empty() ? std::string("refused") : result->failed.front().error;
+    log_line(what + " was refused: " + reason);
+    std::lock_guard lock(mutex_);
+    status_.last_error = what + " was refused: " + reason;
+    return std::unexpected(EIO);
+  }
+  return {};
+}
+
+// ---- Uploads -----------------------------------------------------------------------------------
+
+void Filesystem::upload_worker() {
+  std::unique_lock lock(mutex_);
+  while (!stopping_) {
+    const auto now = Clock::now();
+    auto ready = std::find_if(queue_.begin(), queue_.end(), [&](const auto& item) { return item.first <= now; });
+    if (ready == queue_.end()) {
+      if (queue_.empty()) {
+        work_.wait(lock);
+      } else {
+        const auto earliest = std::min_element(queue_.begin(), queue_.end())->first;
+        work_.wait_until(lock, earliest);
+      }
+      continue;
+    }
+    const Ino ino = ready->second;
+    queue_.erase(ready);
+    lock.unlock();
+    upload_one(ino);
+    lock.lock();
+  }
+}
+
+void Filesystem::upload_one(Ino ino) {
+  std::shared_ptr<Staged> staged;
+  std::uint64_t version = 0;
+  std::uint64_t size = 0;
+  {
+    std::lock_guard lock(mutex_);
+    Node* node = find(ino);
+    if (node == nullptr || !node->staged) return;
+    staged = node->staged;
+    if (staged->uploading) {
+      // Another worker has this file: look again once it is done (the entry taken from the
+      // queue is put back, so `queued` stays true).
+      staged->queued = true;
+      queue_.emplace_back(Clock::now() + std::chrono::milliseconds(100), ino);
+      return;
+    }
+    staged->queued = false;
+    if (!node->attached || !staged->dirty()) {
+      committed_.notify_all();
+      return;
+    }
+    staged->uploading = true;
+    version = staged->version.load();
+    size = staged->size.load();
+    ++status_.uploads_in_flight;
+  }
+  const int fd = staged->fd.get();
+  auto position = std::make_shared<std::uint64_t>(0);
+  transfer::UploadRead sequential = [fd, size, position](std::span<std::byte> buffer)
+      -> std::expected<std::size_t, std::string> {
+    const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(buffer.size(), size - *position));
+    auto got = read_all(fd, buffer.data(), want, *position);
+    if (!got) return std::unexpected(std::string("reading the staging file: ") + std::strerror(got.error()));
+    *position += *got;
+    return *got;
+  };
+  transfer::UploadReadAt positional = [fd, size](std::uint64_t offset, std::span<std::byte> buffer)
+      -> std::expected<std::size_t, std::string> {
+    if (offset >= size) return 0;
+    const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(buffer.size(), size - offset));
+    auto got = read_all(fd, buffer.data(), want, offset);
+    if (!got) return std::unexpected(std::string("reading the staging file: ") + std::strerror(got.error()));
+    return *got;
+  };
+  transfer::Uploader uploader(*services_.write_cas, *services_.hub, services_.dedup_index, options_.upload);
+  auto uploaded = uploader.upload(transfer::UploadSource(std::move(sequential), std::move(positional)));
+
+  auto fail = [&](const std::string& message) {  // REQUIRES: mutex_ held
+    --status_.uploads_in_flight;
+    ++status_.upload_failures;
+    status_.last_error = message;
+    ++staged->failures;
+    ++staged->attempts;
+    if (Node* node = find(ino); node != nullptr && node->attached && node->staged == staged) {
+      enqueue(*node, Clock::now() + backoff(staged->attempts));
+    }
+    committed_.notify_all();
+  };
+
+  std::unique_lock remote(remote_mutex_);
+  std::unique_lock lock(mutex_);
+  struct ClearUploading {
+    Staged& staged;
+    ~ClearUploading() { staged.uploading = false; }
+  } clear_uploading{*staged};
+  Node* node = find(ino);
+  if (!uploaded) {
+    // A source error right after a write means the file changed under the upload: not a failure.
+    if (node != nullptr && staged->version.load() != version) {
+      --status_.uploads_in_flight;
+      if (node->attached && node->open_writers == 0) enqueue(*node);
+      committed_.notify_all();
+      return;
+    }
+    const std::string path = node != nullptr ? path_of(*node) : std::string("?");
+    log_line("upload of '" + path + "' failed (will retry): " + uploaded.error().describe());
+    fail("upload of '" + path + "' failed: " + uploaded.error().describe());
+    return;
+  }
+  if (node == nullptr || !node->attached || node->staged != staged) {
+    --status_.uploads_in_flight;  // deleted or replaced meanwhile: nothing to commit
+    committed_.notify_all();
+    return;
+  }
+  if (staged->version.load() != version) {
+    --status_.uploads_in_flight;  // changed during the upload: the newer version goes next
+    if (node->open_writers == 0) enqueue(*node);
+    committed_.notify_all();
+    return;
+  }
+  const std::string path = path_of(*node);
+  const std::int64_t mtime = staged->mtime_ms.load();
+  const xet::Hash hash = uploaded->file.file_hash;
+  std::vector<hub::BatchOperation> operations = {hub::BatchOperation::add(path, hash, mtime)};
+  if (node->remote_exists && node->remote_path != path) {
+    operations.push_back(hub::BatchOperation::remove(node->remote_path));
+  }
+  lock.unlock();
+  auto committed = commit_batch(operations, "committing '" + path + "'");
+  lock.lock();
+  node = find(ino);
+  if (!committed) {
+    fail(status_.last_error);
+    return;
+  }
+  --status_.uploads_in_flight;
+  ++mutations_;
+  ++status_.files_committed;
+  status_.bytes_committed += size;
+  status_.xorb_bytes_sent += uploaded->session.xorb_bytes_sent;
+  staged->committed_version = version;
+  staged->attempts = 0;
+  if (node != nullptr) {
+    node->remote_exists = true;
+    node->remote_path = path;
+    node->hash = hash;
+    node->remote_size = size;
+    node->remote_mtime_ms = mtime;
+    node->validated_at = Clock::now();
+    node->kernel_cached = hash;  // the kernel saw exactly these bytes being written
+    if (!staged->dirty() && node->open_handles == 0 && node->staged == staged) node->staged.reset();
+  }
+  committed_.notify_all();
+}
+
+std::uint64_t Filesystem::drain(std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mutex_);
+  auto pending = [&] {
+    std::uint64_t count = 0;
+    for (const auto& [ino, node] : nodes_) {
+      if (node->attached && node->staged && node->staged->dirty()) {
+        ++count;
+        if (!node->staged->queued && !node->staged->uploading) enqueue(*node);
+      }
+    }
+    return count;
+  };
+  const auto deadline = Clock::now() + timeout;
+  while (true) {
+    const auto left = pending();
+    if (left == 0 || Clock::now() >= deadline || workers_.empty()) return left;
+    committed_.wait_until(lock, std::min(deadline, Clock::now() + std::chrono::milliseconds(500)));
+  }
+}
+
+MountStatus Filesystem::status() const {
+  std::lock_guard lock(mutex_);
+  MountStatus status = status_;
+  status.pending_uploads = 0;
+  for (const auto& [ino, node] : nodes_) {
+    if (node->attached && node->staged && node->staged->dirty()) ++status.pending_uploads;
+  }
+  return status;
+}
+
+}  // namespace bucketfs::fs

@@ -1,0 +1,194 @@
+#pragma once
+// The file system behind the FUSE edge: the namespace (inodes, directory listings from the tree
+// API), staging files, the upload queue and remote mutations. Every operation returns a value or
+// an errno (the FUSE edge, mount.cc, only translates it into a reply).
+//
+// Locking: `mutex_` guards the namespace and every Node and Staged field not marked otherwise; it
+// is never held across network I/O or file I/O of data. `remote_mutex_` serializes the remote
+// mutations (commits of uploads, renames, unlinks, mtime changes) so that the bucket sees them in
+// the order the application made them; it is taken before `mutex_`, never after. Data reads and
+// writes of an open file do not take `remote_mutex_` and take `mutex_` only for bookkeeping.
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <expected>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "bucketfs/fs/mount.h"
+#include "bucketfs/transfer/download.h"
+#include "file_descriptor.h"
+#include "reader.h"
+
+namespace bucketfs::fs {
+
+using Ino = std::uint64_t;
+inline constexpr Ino kRootIno = 1;
+
+template <typename T>
+using FsResult = std::expected<T, int>;  // the error is an errno value
+
+struct Attributes {
+  Ino ino = 0;
+  bool directory = false;
+  std::uint64_t size = 0;
+  std::int64_t mtime_ms = 0;
+};
+
+struct OpenedFile {
+  std::uint64_t handle = 0;
+  bool keep_cache = false;
+};
+
+struct DirectoryEntry {
+  std::string name;
+  Attributes attributes;
+};
+
+// Local bytes of a file: written, truncated or pending upload.
+struct Staged {
+  FileDescriptor fd;
+  std::string path;  // of the staging file; removed with the object
+  std::atomic<std::uint64_t> version{0};  // bumped by every change; no lock needed
+  std::atomic<std::uint64_t> size{0};
+  std::atomic<std::int64_t> mtime_ms{0};
+  std::uint64_t committed_version = 0;  // the version in the bucket
+  std::uint64_t failures = 0;           // upload attempts that failed
+  unsigned attempts = 0;                // consecutive failures (backoff)
+  bool queued = false;     // in the upload queue
+  bool uploading = false;  // a worker is uploading it
+  bool abandoned = false;  // its file was deleted or replaced: never committed
+  ~Staged();
+  bool dirty() const { return version.load() != committed_version; }
+};
+
+struct Node {
+  Ino ino = 0;
+  Ino parent = 0;
+  std::string name;
+  bool directory = false;
+  bool attached = true;  // reachable from the root; false after unlink, or replaced
+  std::uint64_t lookups = 0;
+  std::uint32_t open_handles = 0;
+  std::uint32_t open_writers = 0;
+
+  // Directory.
+  std::map<std::string, Ino> children;
+  bool listed = false;
+  std::chrono::steady_clock::time_point listed_at;
+  bool local_only = false;  // made by mkdir; not in the bucket (no file under it yet)
+
+  // File: what the bucket holds (when remote_exists), and local bytes (staged).
+  bool remote_exists = false;
+  std::string remote_path;
+  xet::Hash hash;
+  std::uint64_t remote_size = 0;
+  std::int64_t remote_mtime_ms = 0;
+  std::chrono::steady_clock::time_point validated_at;
+  std::shared_ptr<Staged> staged;
+  std::optional<xet::Hash> kernel_cached;  // content the kernel may hold pages of
+};
+
+class Filesystem {
+ public:
+  Filesystem(MountServices services, MountOptions options);
+  ~Filesystem();  // stops the upload workers (pending uploads stay in staging)
+  Filesystem(const Filesystem&) = delete;
+  Filesystem& operator=(const Filesystem&) = delete;
+
+  const MountOptions& options() const { return options_; }
+
+  FsResult<Attributes> lookup(Ino parent, const std::string& name);  // counts a lookup
+  void forget(Ino ino, std::uint64_t count);
+  FsResult<Attributes> getattr(Ino ino);
+  FsResult<Attributes> set_size(Ino ino, std::uint64_t size);
+  FsResult<Attributes> set_mtime(Ino ino, std::int64_t mtime_ms);
+  FsResult<Attributes> mkdir(Ino parent, const std::string& name);  // counts a lookup
+  FsResult<void> rmdir(Ino parent, const std::string& name);
+  FsResult<void> unlink(Ino parent, const std::string& name);
+  FsResult<void> rename(Ino parent, const std::string& name, Ino new_parent, const std::string& new_name,
+                        unsigned flags);
+  FsResult<std::pair<Attributes, OpenedFile>> create(Ino parent, const std::string& name, int flags);
+  FsResult<OpenedFile> open(Ino ino, int flags);
+  FsResult<void> read(std::uint64_t handle, std::uint64_t offset, std::size_t length,
+                      const std::function<void(std::span<const std::byte>)>& reply);
+  FsResult<std::size_t> write(std::uint64_t handle, std::uint64_t offset, std::span<const std::byte> data);
+  FsResult<void> flush(std::uint64_t handle);  // close(2): queue the upload
+  FsResult<void> fsync(std::uint64_t handle);  // wait for the commit
+  void release(std::uint64_t handle);
+  FsResult<std::vector<DirectoryEntry>> list(Ino ino);  // every child with its attributes
+  // user.xet.hash / user.xet.size of a committed file.
+  FsResult<std::string> xattr(Ino ino, const std::string& name);
+  // Counts one more kernel reference of `ino` (readdirplus entries).
+  void remember(Ino ino);
+
+  std::uint64_t drain(std::chrono::milliseconds timeout);
+  MountStatus status() const;
+
+ private:
+  struct Handle {
+    Ino ino = 0;
+    bool writable = false;
+    std::shared_ptr<Staged> staged;         // writable handles: the file they write
+    std::unique_ptr<RemoteReader> reader;   // read handles of a remote file
+    std::mutex reader_mutex;                // guards creating `reader`
+  };
+
+  // REQUIRES: mutex_ held.
+  Node* find(Ino ino);
+  std::string path_of(const Node& node) const;  // key in the bucket (prefix included)
+  std::string relative_path_of(const Node& node) const;
+  Attributes attributes_of(const Node& node) const;
+  Node& add_child(Node& parent, const std::string& name, bool directory);
+  void detach(Node& node);
+  void maybe_erase(Ino ino);
+  bool listing_fresh(const Node& directory) const;
+  bool has_local_state(const Node& node) const;
+  void enqueue(Node& node, std::chrono::steady_clock::time_point not_before = {});
+
+  // Lists `directory` from the bucket when its listing expired. Takes and releases the lock.
+  FsResult<void> refresh_directory(std::unique_lock<std::mutex>& lock, Ino directory);
+  // Re-reads one file's entry when its TTL expired (close-to-open).
+  FsResult<void> revalidate_file(std::unique_lock<std::mutex>& lock, Ino file);
+  FsResult<std::shared_ptr<Staged>> new_staged();
+  FsResult<void> fetch_base(Staged& staged, const xet::Hash& hash, std::uint64_t size);
+  FsResult<void> check_name(const Node& parent, const std::string& name) const;
+  // Waits until `staged` is committed at a version >= `version`; EIO when its upload failed.
+  FsResult<void> wait_committed(std::unique_lock<std::mutex>& lock, const std::shared_ptr<Staged>& staged,
+                                std::uint64_t version);
+  FsResult<void> commit_batch(const std::vector<hub::BatchOperation>& operations, const std::string& what);
+
+  void upload_worker();
+  void upload_one(Ino ino);
+
+  MountServices services_;
+  MountOptions options_;
+  transfer::Downloader downloader_;
+  WindowPool windows_;
+  const std::int64_t mounted_at_ms_;
+
+  mutable std::mutex mutex_;
+  std::mutex remote_mutex_;
+  std::condition_variable committed_;  // an upload finished (either way)
+  std::condition_variable work_;       // the upload queue changed
+  std::unordered_map<Ino, std::shared_ptr<Node>> nodes_;
+  Ino next_ino_ = kRootIno + 1;
+  std::unordered_map<std::uint64_t, std::unique_ptr<Handle>> handles_;
+  std::uint64_t next_handle_ = 1;
+  std::deque<std::pair<std::chrono::steady_clock::time_point, Ino>> queue_;
+  std::uint64_t mutations_ = 0;  // remote mutations made by this mount, to detect racing listings
+  std::uint64_t next_staging_ = 0;
+  bool stopping_ = false;
+  MountStatus status_;
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace bucketfs::fs
