@@ -124,6 +124,49 @@ TEST_F(ChunkCacheTest, RoundTripsChunksAndRanges) {
   EXPECT_EQ(s.pending_bytes, 0u);
 }
 
+// Puts larger than the 4 MiB staging buffer, with uneven chunk sizes, so that puts start and end
+// off the 4 KiB blocks of direct I/O: the segment file must be exactly the concatenation of the
+// payloads, and large range reads (direct I/O) and small ones (page cache) must return them.
+TEST_F(ChunkCacheTest, LargeUnalignedPutsRoundTripThroughDirectIo) {
+  auto o = options();
+  o.segment_bytes = 64 << 20;
+  auto cache = open_cache(o);
+  const TestXorb a = make_xorb(31, 70, kChunk + 123);  // ~4.6 MiB: more than one staging buffer
+  const TestXorb b = make_xorb(32, 9, 5000);           // small: page cache only
+  const TestXorb c = make_xorb(33, 40, kChunk - 77);
+  ASSERT_TRUE(cache->put(a.hash, 0, a.data()));
+  ASSERT_TRUE(cache->put(b.hash, 0, b.data()));
+  ASSERT_TRUE(cache->put(c.hash, 0, c.data()));
+  xet::Bytes big(8 << 20);
+  for (int flushed = 0; flushed < 2; ++flushed) {
+    for (const TestXorb* x : {&a, &b, &c}) {
+      const auto n = static_cast<std::uint32_t>(x->chunks.size());
+      auto range = cache->get_range(x->hash, 0, n, big);
+      ASSERT_TRUE(range && *range);
+      EXPECT_EQ((*range)->end, n);
+      const xet::Bytes all = x->concat(0, n);
+      ASSERT_EQ((*range)->size, all.size());
+      EXPECT_TRUE(std::equal(all.begin(), all.end(), big.begin()));
+      ASSERT_EQ((*range)->chunks.size(), n);
+      for (std::uint32_t i = 0; i < n; ++i) {
+        EXPECT_EQ((*range)->chunks[i].hash, x->hashes[i]);
+        EXPECT_EQ((*range)->chunks[i].size, x->chunks[i].size());
+      }
+      EXPECT_EQ(read(*cache, x->hash, n / 2), x->chunks[n / 2]);
+      auto tail = cache->get_range(x->hash, n / 3, n, big);  // starts off the block boundaries
+      ASSERT_TRUE(tail && *tail);
+      const xet::Bytes rest = x->concat(n / 3, n);
+      ASSERT_EQ((*tail)->size, rest.size());
+      EXPECT_TRUE(std::equal(rest.begin(), rest.end(), big.begin()));
+    }
+    ASSERT_TRUE(cache->flush());
+  }
+  const std::uint64_t payload = a.concat(0, a.chunks.size()).size() + b.concat(0, b.chunks.size()).size() +
+                                c.concat(0, c.chunks.size()).size();
+  EXPECT_EQ(total_file_bytes(chunk_dir()), payload);
+  EXPECT_EQ(stats(*cache).corruptions, 0u);
+}
+
 TEST_F(ChunkCacheTest, RangeStopsAtWhatFitsAndReportsSmallBuffers) {
   auto cache = open_cache(options());
   const TestXorb x = make_xorb(2, 6, kChunk);

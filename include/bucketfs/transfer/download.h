@@ -6,7 +6,7 @@
 //   -> xet::plan_read / plan_whole_file
 //   -> jobs: maximal runs of consecutive planned terms served by the same fetch entry
 //   -> up to `parallel_fetches` worker threads materialize jobs, in job order: from the chunk
-//      cache when every chunk the job needs is cached and verifies, else one GET of the whole
+//      cache (read in runs of chunks) when every chunk the job needs is cached and verifies, else one GET of the whole
 //      signed entry, decoded chunk by chunk AS IT ARRIVES (the compressed bytes are never held
 //      whole), every chunk hashed
 //   -> the calling thread waits for the jobs in order (the reorder buffer) and hands their
@@ -41,8 +41,9 @@
 //    streamed. Callers must therefore write to a temporary file and rename it only on success.
 //    read_range() has no such end-to-end check: a byte range of a file whose xorbs are fetched in
 //    parts is verified structurally only (see "Gaps" in the report / the caller's docs).
-//  * Cache hits were verified by ChunkCache against the hash stored at put(); for download_file
-//    their hashes are recomputed to feed the file hash.
+//  * Cache hits were verified by ChunkCache, which hashes every chunk it returns and compares
+//    it with the hash stored at put(); for download_file those verified hashes (with the sizes)
+//    feed the file hash, so a cached chunk is hashed once, not twice.
 //  * A corrupt response is not retried: the call fails and the caller may try again (the cache
 //    holds nothing from the failed range, so a retry fetches again).
 //
