@@ -87,7 +87,7 @@ Result<std::shared_ptr<NodeStore>> NodeStore::open(const std::filesystem::path& 
 
   auto env = lmdb::Environment::open(directory.string(), lmdb::Environment::Options{
       .map_size = options.map_size,
-      .max_databases = 16,  // 6 used; the rest stay free for the journal
+      .max_databases = 16,  // 7 used
       .max_readers = options.max_readers,
       .extra_flags = MDB_NOMETASYNC | MDB_NORDAHEAD,
       .file_mode = 0600,
@@ -98,6 +98,7 @@ Result<std::shared_ptr<NodeStore>> NodeStore::open(const std::filesystem::path& 
   const std::pair<lmdb::Database*, const char*> names[] = {
       {&dbs.meta, "meta"},   {&dbs.segments, "segments"}, {&dbs.chunks, "chunks"},
       {&dbs.segment_chunks, "segment_chunks"}, {&dbs.dedup, "dedup"}, {&dbs.dedup_order, "dedup_order"},
+      {&dbs.journal, "journal"},
   };
   for (const auto& [db, name] : names) {
     auto opened = env->open_database(name);

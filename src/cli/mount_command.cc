@@ -24,6 +24,7 @@
 
 #include "bucketfs/cache/chunk_cache.h"
 #include "bucketfs/cache/dedup_index.h"
+#include "bucketfs/cache/journal.h"
 #include "bucketfs/cache/node_store.h"
 #include "bucketfs/fs/mount.h"
 #include "bucketfs/hub/cas_client.h"
@@ -224,6 +225,7 @@ int run_daemon(const MountArgs& args, const naming::BucketPath& where, const std
   auto chunk_cache = cache::ChunkCache::open(*store, cache_options);
   if (!chunk_cache) return report.error("cache dir " + cache_dir + ": " + chunk_cache.error().message);
   cache::DedupIndex dedup(*store);
+  cache::Journal journal(*store);
 
   hub::XetTokenSource read_tokens((*client)->hub(), where.bucket);
   hub::XetTokenOptions write_scope;
@@ -244,7 +246,17 @@ int run_daemon(const MountArgs& args, const naming::BucketPath& where, const std
                              .read_cas = &read_cas,
                              .write_cas = args.read_only ? nullptr : &write_cas,
                              .chunk_cache = chunk_cache->get(),
-                             .dedup_index = &dedup};
+                             .dedup_index = &dedup,
+                             .journal = &journal};
+  // What a daemon of this bucket left uncommitted when it died is committed before we serve.
+  fs::RecoveryReport recovered;
+  if (!args.read_only) {
+    recovered = fs::recover_journal(services, where.bucket, options.staging_dir, options.upload);
+    if (recovered.recovered + recovered.failed > 0) {
+      std::cerr << "bucketfs: journal: recovered " << recovered.recovered << " file(s) (" << recovered.conflicts
+                << " under a conflict name), " << recovered.failed << " left for the next mount" << std::endl;
+    }
+  }
   auto mount = fs::Mount::create(services, options);
   if (!mount) return report.error(mount.error());
 
@@ -256,7 +268,10 @@ int run_daemon(const MountArgs& args, const naming::BucketPath& where, const std
                 {"read_only", args.read_only},
                 {"cache_dir", cache_dir},
                 {"log_file", log_file},
-                {"state", "mounted"}};
+                {"state", "mounted"},
+                {"recovered_files", recovered.recovered},
+                {"recovery_conflicts", recovered.conflicts},
+                {"recovery_failed", recovered.failed}};
   std::mutex state_mutex;
   auto refresh_state = [&](const std::string& phase) {
     const auto status = (*mount)->status();

@@ -131,7 +131,10 @@ std::string Filesystem::relative_path_of(const Node& node) const {
 }
 
 std::string Filesystem::path_of(const Node& node) const {
-  return join(options_.prefix, relative_path_of(node));
+  // The root of a prefix mount is the prefix itself (not "prefix/": its listing and the keys of
+  // its children would otherwise start with "prefix//").
+  const std::string relative = relative_path_of(node);
+  return relative.empty() ? options_.prefix : join(options_.prefix, relative);
 }
 
 Attributes Filesystem::attributes_of(const Node& node) const {
@@ -346,6 +349,7 @@ FsResult<std::shared_ptr<Staged>> Filesystem::new_staged() {
     return std::unexpected(error == ENOSPC ? ENOSPC : EIO);
   }
   staged->fd = FileDescriptor(fd);
+  staged->name = std::filesystem::path(staged->path).filename().string();
   staged->mtime_ms = now_ms();
   return staged;
 }
@@ -420,6 +424,7 @@ FsResult<Attributes> Filesystem::set_size(Ino ino, std::uint64_t size) {
       if (node == nullptr) return std::unexpected(ENOENT);
     }
     (*staged)->mtime_ms = node->remote_mtime_ms;
+    if (node->remote_exists) (*staged)->base = node->hash;
     if (!node->staged) node->staged = std::move(*staged);
   }
   auto& staged = *node->staged;
@@ -429,7 +434,13 @@ FsResult<Attributes> Filesystem::set_size(Ino ino, std::uint64_t size) {
   staged.size = size;
   staged.mtime_ms = now_ms();
   ++staged.version;
-  if (node->open_writers == 0) enqueue(*node);
+  if (node->open_writers == 0) {
+    // truncate(2) without an open file: nobody will close it, so it is persisted now.
+    if (auto ok = persist(lock, ino); !ok) return std::unexpected(ok.error());
+    node = find(ino);
+    if (node == nullptr) return std::unexpected(ENOENT);
+    enqueue(*node);
+  }
   return attributes_of(*node);
 }
 
@@ -518,8 +529,11 @@ FsResult<void> Filesystem::unlink(Ino parent, const std::string& name) {
     if (node == nullptr) return {};
     node->remote_exists = false;
   }
+  auto staged = node->staged;
   detach(*node);
   maybe_erase(ino);
+  lock.unlock();
+  if (staged && staged->journaled) journal_remove(staged);
   return {};
 }
 
@@ -628,9 +642,11 @@ FsResult<void> Filesystem::rename(Ino parent, const std::string& name, Ino new_p
   from_directory = find(parent);
   to_directory = find(new_parent);
   if (source == nullptr || from_directory == nullptr || to_directory == nullptr) return {};
+  std::shared_ptr<Staged> replaced;
   if (target_ino != 0) {
     if (Node* target = find(target_ino); target != nullptr) {
       target->remote_exists = false;  // replaced by the add above (or by the pending upload)
+      replaced = target->staged;
       detach(*target);
       maybe_erase(target_ino);
     }
@@ -643,18 +659,23 @@ FsResult<void> Filesystem::rename(Ino parent, const std::string& name, Ino new_p
   to_directory->children[new_name] = source_ino;
   if (source->directory) source->local_only = source->local_only && operations.empty();
   // Files under the moved node now live at their new keys.
+  std::vector<std::pair<std::shared_ptr<Staged>, std::string>> records;
   std::vector<Node*> stack = {source};
   while (!stack.empty()) {
     Node* at = stack.back();
     stack.pop_back();
     if (!at->directory) {
       if (at->remote_exists) at->remote_path = path_of(*at);
+      if (at->staged && at->staged->journaled) records.emplace_back(at->staged, path_of(*at));
       continue;
     }
     for (const auto& [child_name, child_ino] : at->children) {
       if (Node* child = find(child_ino); child != nullptr) stack.push_back(child);
     }
   }
+  lock.unlock();
+  if (replaced && replaced->journaled) journal_remove(replaced);
+  for (const auto& [staged, path] : records) journal_put(staged, path);
   return {};
 }
 
@@ -738,6 +759,7 @@ FsResult<OpenedFile> Filesystem::open(Ino ino, int flags) {
       } else if (truncate && node->remote_exists && node->remote_size > 0) {
         ++(*staged)->version;  // emptied
       }
+      if (node->remote_exists) (*staged)->base = node->hash;
       if (!node->staged) node->staged = std::move(*staged);
     }
   }
@@ -820,13 +842,64 @@ FsResult<std::size_t> Filesystem::write(std::uint64_t id, std::uint64_t offset, 
 }
 
 FsResult<void> Filesystem::flush(std::uint64_t id) {
-  std::lock_guard lock(mutex_);
+  std::unique_lock lock(mutex_);
   auto it = handles_.find(id);
   if (it == handles_.end()) return std::unexpected(EBADF);
   if (!it->second->writable) return {};
-  Node* node = find(it->second->ino);
+  const Ino ino = it->second->ino;
+  Node* node = find(ino);
+  if (node == nullptr || !node->attached || !node->staged || !node->staged->dirty()) return {};
+  // close(2) returns once the bytes and their journal record are on disk (DESIGN.md contract).
+  if (auto ok = persist(lock, ino); !ok) return ok;
+  node = find(ino);
   if (node != nullptr && node->attached && node->staged && node->staged->dirty()) enqueue(*node);
   return {};
+}
+
+FsResult<void> Filesystem::persist(std::unique_lock<std::mutex>& lock, Ino ino) {
+  Node* node = find(ino);
+  if (node == nullptr || !node->staged) return {};
+  auto staged = node->staged;
+  const std::string path = path_of(*node);
+  lock.unlock();
+  if (::fdatasync(staged->fd.get()) != 0) {
+    const int error = errno;
+    log_line("making the staged bytes of '" + path + "' durable failed: " + std::strerror(error));
+    lock.lock();
+    return std::unexpected(error == ENOSPC || error == EDQUOT ? ENOSPC : EIO);
+  }
+  journal_put(staged, path);
+  lock.lock();
+  return {};
+}
+
+void Filesystem::journal_put(const std::shared_ptr<Staged>& staged, const std::string& path) {
+  if (services_.journal == nullptr) return;
+  std::lock_guard journal_lock(staged->journal_mutex);
+  cache::JournalRecord record;
+  record.staging_name = staged->name;
+  record.bucket = options_.bucket.str();
+  record.path = path;
+  record.base = staged->base;
+  record.mtime_ms = staged->mtime_ms.load();
+  record.size = staged->size.load();
+  record.owner = owner_;
+  if (auto put = services_.journal->put(record); !put) {
+    log_line("journal: recording '" + path + "' failed: " + put.error().message);
+    return;
+  }
+  std::lock_guard lock(mutex_);
+  staged->journaled = true;
+}
+
+void Filesystem::journal_remove(const std::shared_ptr<Staged>& staged) {
+  if (services_.journal == nullptr) return;
+  std::lock_guard journal_lock(staged->journal_mutex);
+  // A newer version (written after the commit) keeps its record.
+  if (staged->dirty() && !staged->abandoned) return;
+  if (auto removed = services_.journal->remove(staged->name); !removed) {
+    log_line("journal: dropping the record of " + staged->name + " failed: " + removed.error().message);
+  }
 }
 
 FsResult<void> Filesystem::wait_committed(std::unique_lock<std::mutex>& lock, const std::shared_ptr<Staged>& staged,
@@ -1066,8 +1139,17 @@ void Filesystem::upload_one(Ino ino) {
     node->validated_at = Clock::now();
     node->kernel_cached = hash;  // the kernel saw exactly these bytes being written
     if (!staged->dirty() && node->open_handles == 0 && node->staged == staged) node->staged.reset();
+    // Its folders are in the bucket now, no longer this mount's own: once another client empties
+    // them they go, as on every other mount (they would otherwise stay here as empty folders).
+    for (Node* at = find(node->parent); at != nullptr && at->ino != kRootIno && at->local_only;
+         at = find(at->parent)) {
+      at->local_only = false;
+    }
   }
+  const bool drop_record = staged->journaled && !staged->dirty();
   committed_.notify_all();
+  lock.unlock();
+  if (drop_record) journal_remove(staged);
 }
 
 std::uint64_t Filesystem::drain(std::chrono::milliseconds timeout) {

@@ -57,15 +57,19 @@ struct DirectoryEntry {
 struct Staged {
   FileDescriptor fd;
   std::string path;  // of the staging file; removed with the object
+  std::string name;  // its file name: the journal key
+  std::optional<xet::Hash> base;  // the committed version the bytes started from (conflict check)
   std::atomic<std::uint64_t> version{0};  // bumped by every change; no lock needed
   std::atomic<std::uint64_t> size{0};
   std::atomic<std::int64_t> mtime_ms{0};
-  std::uint64_t committed_version = 0;  // the version in the bucket
+  std::atomic<std::uint64_t> committed_version{0};  // the version in the bucket; written under mutex_
   std::uint64_t failures = 0;           // upload attempts that failed
   unsigned attempts = 0;                // consecutive failures (backoff)
   bool queued = false;     // in the upload queue
   bool uploading = false;  // a worker is uploading it
   bool abandoned = false;  // its file was deleted or replaced: never committed
+  bool journaled = false;  // a journal record names it
+  std::mutex journal_mutex;  // orders this file's journal writes
   ~Staged();
   bool dirty() const { return version.load() != committed_version; }
 };
@@ -164,6 +168,12 @@ class Filesystem {
   // Waits until `staged` is committed at a version >= `version`; EIO when its upload failed.
   FsResult<void> wait_committed(std::unique_lock<std::mutex>& lock, const std::shared_ptr<Staged>& staged,
                                 std::uint64_t version);
+  // Makes a dirty staged file durable: fdatasync, then its journal record. Releases the lock
+  // meanwhile. REQUIRES: lock held, node has a staged file.
+  FsResult<void> persist(std::unique_lock<std::mutex>& lock, Ino ino);
+  // Rewrites or drops the journal record of `staged` (outside the lock).
+  void journal_put(const std::shared_ptr<Staged>& staged, const std::string& path);
+  void journal_remove(const std::shared_ptr<Staged>& staged);
   FsResult<void> commit_batch(const std::vector<hub::BatchOperation>& operations, const std::string& what);
 
   void upload_worker();
@@ -174,6 +184,7 @@ class Filesystem {
   transfer::Downloader downloader_;
   WindowPool windows_;
   const std::int64_t mounted_at_ms_;
+  const cache::Owner owner_ = cache::Owner::self();
 
   mutable std::mutex mutex_;
   std::mutex remote_mutex_;

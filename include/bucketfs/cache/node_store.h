@@ -14,7 +14,8 @@
 //   segment_chunks  segment id ‖ offset -> chunk key (the reverse index eviction walks)
 //   dedup           chunk hash -> xorb hash, chunk index, size, insertion sequence
 //   dedup_order     insertion sequence -> chunk hash (FIFO bound of dedup)
-// Names beginning with "journal" are reserved for the write journal (not built yet).
+//   journal         staging file name -> a file written on a mount and not yet committed
+//                   (cache/journal.h)
 //
 // Durability: the environment is opened with MDB_NOMETASYNC. Every commit flushes its data
 // pages, so neither a process crash nor an OS crash can corrupt the database; an OS crash may
@@ -63,6 +64,7 @@ class NodeStore {
     lmdb::Database segment_chunks;
     lmdb::Database dedup;
     lmdb::Database dedup_order;
+    lmdb::Database journal;
   };
 
   // Opens (creating if needed) the store in `directory`. Missing parents are created 0700; an

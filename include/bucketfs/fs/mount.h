@@ -23,6 +23,7 @@
 
 #include "bucketfs/cache/chunk_cache.h"
 #include "bucketfs/cache/dedup_index.h"
+#include "bucketfs/cache/journal.h"
 #include "bucketfs/hub/cas_client.h"
 #include "bucketfs/hub/hub_client.h"
 #include "bucketfs/naming/naming.h"
@@ -55,7 +56,26 @@ struct MountServices {
   hub::CasClient* write_cas = nullptr;
   cache::ChunkCache* chunk_cache = nullptr;
   cache::DedupIndex* dedup_index = nullptr;
+  // Records every closed, uncommitted file (may be null: then a crash loses pending uploads).
+  cache::Journal* journal = nullptr;
 };
+
+// What recover_journal() did.
+struct RecoveryReport {
+  std::uint64_t recovered = 0;   // files committed from the journal
+  std::uint64_t conflicts = 0;   // ... of them under a conflict name (the remote file had changed)
+  std::uint64_t failed = 0;      // left in the journal for the next mount (e.g. the network failed)
+  std::uint64_t live = 0;        // records of daemons still running (not touched)
+};
+
+// Commits what a daemon of `bucket` left in `journal` when it died (kill -9, OOM, reboot) from its
+// staging files in `staging_dir`: each file is uploaded, then committed at its path, unless the
+// bucket's file there is no longer the version the local bytes started from (another writer
+// committed meanwhile): then it is committed as `PATH.conflict-<UTC time>-<host>` and both are
+// kept, and the log says so. A record whose staging file is gone is dropped with a log line.
+// Records of daemons still running are left alone. Needs services.write_cas and services.journal.
+RecoveryReport recover_journal(const MountServices& services, const naming::BucketId& bucket,
+                               const std::filesystem::path& staging_dir, const transfer::UploadOptions& upload);
 
 struct MountStatus {
   std::uint64_t pending_uploads = 0;  // files written and not yet committed

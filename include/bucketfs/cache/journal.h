@@ -1,0 +1,71 @@
+#pragma once
+// The write journal: every file a mount has closed (or truncated) and not yet committed to its
+// bucket, recorded in the NodeStore's LMDB `journal` database (docs/CACHE_FORMAT.md), so that a
+// crash of the daemon or the machine loses nothing a program was told was written.
+//
+// A record names the staging file (its name is the key, unique within the cache dir) and where
+// its bytes go: bucket, path, the remote version they were based on, mtime, size, and the
+// daemon that owns it. The mount writes a record after the staging file's bytes are fdatasync'ed
+// and removes it after the commit; put() and remove() return only once the record (or its
+// removal) is on disk (NodeStore::sync()).
+//
+// Recovery: a mount starting on a cache dir replays the records of its bucket whose owner is no
+// longer running (see Owner).
+//
+// Thread-safety: every method may be called from any thread and any process.
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "bucketfs/cache/error.h"
+#include "bucketfs/cache/node_store.h"
+#include "bucketfs/xet/hash.h"
+
+namespace bucketfs::cache {
+
+// Identifies a running daemon across pid reuse: its pid and its start time in clock ticks since
+// boot (/proc/PID/stat field 22), and the boot it belongs to (/proc/sys/kernel/random/boot_id).
+struct Owner {
+  std::int64_t pid = 0;
+  std::uint64_t start_ticks = 0;
+  std::string boot_id;
+
+  static Owner self();
+  // Whether the process this names is still running.
+  bool alive() const;
+  bool operator==(const Owner&) const = default;
+};
+
+struct JournalRecord {
+  std::string staging_name;        // file name in the staging directory (the key)
+  std::string bucket;              // ns/name
+  std::string path;                // key in the bucket
+  std::optional<xet::Hash> base;   // the committed version the bytes started from; none for a new file
+  std::int64_t mtime_ms = 0;
+  std::uint64_t size = 0;
+  Owner owner;
+};
+
+class Journal {
+ public:
+  explicit Journal(std::shared_ptr<NodeStore> store) : store_(std::move(store)) {}
+
+  // Adds or replaces the record of `record.staging_name`, durably.
+  Result<void> put(const JournalRecord& record);
+  // Removes the record (absent is fine), durably.
+  Result<void> remove(const std::string& staging_name);
+  // Every record, in key order. Malformed records are skipped (and reported as kFormat only
+  // when nothing else could be read).
+  Result<std::vector<JournalRecord>> list() const;
+
+ private:
+  std::shared_ptr<NodeStore> store_;
+};
+
+// The record's value encoding (JSON), exposed for tests.
+std::string encode_journal_record(const JournalRecord& record);
+Result<JournalRecord> decode_journal_record(std::string_view key, std::string_view value);
+
+}  // namespace bucketfs::cache

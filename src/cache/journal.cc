@@ -1,0 +1,137 @@
+#include "bucketfs/cache/journal.h"
+
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+#include <nlohmann/json.hpp>
+
+#include "format.h"
+
+namespace bucketfs::cache {
+namespace {
+
+std::optional<std::uint64_t> start_ticks_of(std::int64_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line)) return std::nullopt;
+  // Field 2 (comm) may hold spaces and parentheses: count fields after the last ')'.
+  const auto close = line.rfind(')');
+  if (close == std::string::npos) return std::nullopt;
+  std::istringstream rest(line.substr(close + 2));
+  std::string field;
+  // Fields 3.. follow; start time is field 22, the 20th after ')'. A zombie counts as gone.
+  for (int index = 3; index <= 22 && rest >> field; ++index) {
+    if (index == 3 && field == "Z") return std::nullopt;
+    if (index == 22) return std::stoull(field);
+  }
+  return std::nullopt;
+}
+
+std::string current_boot_id() {
+  std::ifstream in("/proc/sys/kernel/random/boot_id");
+  std::string id;
+  std::getline(in, id);
+  return id;
+}
+
+}  // namespace
+
+Owner Owner::self() {
+  Owner owner;
+  owner.pid = ::getpid();
+  owner.start_ticks = start_ticks_of(owner.pid).value_or(0);
+  owner.boot_id = current_boot_id();
+  return owner;
+}
+
+bool Owner::alive() const {
+  if (boot_id != current_boot_id()) return false;  // written before a reboot
+  const auto ticks = start_ticks_of(pid);
+  return ticks.has_value() && *ticks == start_ticks;
+}
+
+std::string encode_journal_record(const JournalRecord& record) {
+  nlohmann::json value = {
+      {"bucket", record.bucket},
+      {"path", record.path},
+      {"mtime_ms", record.mtime_ms},
+      {"size", record.size},
+      {"owner", {{"pid", record.owner.pid}, {"start", record.owner.start_ticks}, {"boot", record.owner.boot_id}}},
+  };
+  if (record.base) value["base"] = record.base->to_string();
+  return value.dump();
+}
+
+Result<JournalRecord> decode_journal_record(std::string_view key, std::string_view value) {
+  try {
+    const auto json = nlohmann::json::parse(value);
+    JournalRecord record;
+    record.staging_name = std::string(key);
+    record.bucket = json.at("bucket").get<std::string>();
+    record.path = json.at("path").get<std::string>();
+    record.mtime_ms = json.at("mtime_ms").get<std::int64_t>();
+    record.size = json.at("size").get<std::uint64_t>();
+    const auto& owner = json.at("owner");
+    record.owner.pid = owner.at("pid").get<std::int64_t>();
+    record.owner.start_ticks = owner.at("start").get<std::uint64_t>();
+    record.owner.boot_id = owner.at("boot").get<std::string>();
+    if (json.contains("base")) {
+      auto hash = xet::Hash::from_string(json.at("base").get<std::string>());
+      if (!hash) throw std::runtime_error("base is not a hash");
+      record.base = *hash;
+    }
+    return record;
+  } catch (const std::exception& error) {
+    return std::unexpected(Error{ErrorCode::kFormat, 0,
+                                 "journal record '" + std::string(key) + "' is malformed: " + error.what()});
+  }
+}
+
+Result<void> Journal::put(const JournalRecord& record) {
+  if (record.staging_name.empty()) return std::unexpected(Error{ErrorCode::kInvalidArgument, 0, "journal: empty key"});
+  {
+    auto txn = store_->environment().begin_write();
+    if (!txn) return std::unexpected(format::store_error(txn.error()));
+    if (auto put = txn->put(store_->databases().journal, record.staging_name, encode_journal_record(record)); !put) {
+      return std::unexpected(format::store_error(put.error()));
+    }
+    if (auto committed = txn->commit(); !committed) return std::unexpected(format::store_error(committed.error()));
+  }
+  return store_->sync();
+}
+
+Result<void> Journal::remove(const std::string& staging_name) {
+  {
+    auto txn = store_->environment().begin_write();
+    if (!txn) return std::unexpected(format::store_error(txn.error()));
+    auto erased = txn->erase(store_->databases().journal, staging_name);
+    if (!erased) return std::unexpected(format::store_error(erased.error()));
+    if (!*erased) return {};
+    if (auto committed = txn->commit(); !committed) return std::unexpected(format::store_error(committed.error()));
+  }
+  return store_->sync();
+}
+
+Result<std::vector<JournalRecord>> Journal::list() const {
+  auto txn = store_->environment().begin_read();
+  if (!txn) return std::unexpected(format::store_error(txn.error()));
+  auto cursor = txn->cursor(store_->databases().journal);
+  if (!cursor) return std::unexpected(format::store_error(cursor.error()));
+  std::vector<JournalRecord> records;
+  std::optional<Error> first_error;
+  for (auto entry = cursor->first();; entry = cursor->next()) {
+    if (!entry) return std::unexpected(format::store_error(entry.error()));
+    if (!*entry) break;
+    auto record = decode_journal_record((*entry)->first, (*entry)->second);
+    if (record) {
+      records.push_back(std::move(*record));
+    } else if (!first_error) {
+      first_error = record.error();
+    }
+  }
+  if (records.empty() && first_error) return std::unexpected(*first_error);
+  return records;
+}
+
+}  // namespace bucketfs::cache

@@ -1,0 +1,83 @@
+#include "bucketfs/cache/journal.h"
+
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "temp_dir.h"
+
+namespace bucketfs::cache {
+namespace {
+
+JournalRecord record(const std::string& name, const std::string& path) {
+  JournalRecord r;
+  r.staging_name = name;
+  r.bucket = "alice/ckpts";
+  r.path = path;
+  r.base = xet::chunk_hash(xet::as_byte_span(std::string("base of ") + path));
+  r.mtime_ms = 1'700'000'000'123;
+  r.size = 12345;
+  r.owner = Owner::self();
+  return r;
+}
+
+TEST(JournalTest, PutListRemoveSurviveReopen) {
+  bucketfs::testing::TempDir temp("bucketfs-journal-test");
+  {
+    auto store = NodeStore::open(temp.path());
+    ASSERT_TRUE(store) << store.error().message;
+    Journal journal(*store);
+    ASSERT_TRUE(journal.put(record("f1", "run/step-1/model.bin")));
+    auto second = record("f2", "run/step-1/optim.bin");
+    second.base.reset();
+    ASSERT_TRUE(journal.put(second));
+    ASSERT_TRUE(journal.put(record("f1", "run/step-2/model.bin")));  // replaces (a rename)
+    ASSERT_TRUE(journal.remove("absent"));
+  }
+  auto store = NodeStore::open(temp.path());
+  ASSERT_TRUE(store);
+  Journal journal(*store);
+  auto listed = journal.list();
+  ASSERT_TRUE(listed) << listed.error().message;
+  ASSERT_EQ(listed->size(), 2u);
+  EXPECT_EQ((*listed)[0].staging_name, "f1");
+  EXPECT_EQ((*listed)[0].path, "run/step-2/model.bin");
+  EXPECT_EQ((*listed)[0].base, record("f1", "run/step-2/model.bin").base);
+  EXPECT_EQ((*listed)[0].mtime_ms, 1'700'000'000'123);
+  EXPECT_EQ((*listed)[0].size, 12345u);
+  EXPECT_EQ((*listed)[0].owner, Owner::self());
+  EXPECT_FALSE((*listed)[1].base.has_value());
+  ASSERT_TRUE(journal.remove("f1"));
+  listed = journal.list();
+  ASSERT_TRUE(listed);
+  ASSERT_EQ(listed->size(), 1u);
+  EXPECT_EQ((*listed)[0].staging_name, "f2");
+}
+
+TEST(JournalTest, OwnerAliveOnlyWhileItsProcessRuns) {
+  EXPECT_TRUE(Owner::self().alive());
+  const pid_t child = ::fork();
+  if (child == 0) ::_exit(0);
+  ASSERT_GT(child, 0);
+  Owner owner = Owner::self();
+  owner.pid = child;
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  EXPECT_FALSE(owner.alive());  // gone (its pid may be reused later, but not its start time)
+  Owner other_boot = Owner::self();
+  other_boot.boot_id = "not-this-boot";
+  EXPECT_FALSE(other_boot.alive());
+}
+
+TEST(JournalTest, MalformedRecordIsAnErrorNamingIt) {
+  auto decoded = decode_journal_record("f9", "{not json");
+  ASSERT_FALSE(decoded);
+  EXPECT_EQ(decoded.error().code, ErrorCode::kFormat);
+  EXPECT_NE(decoded.error().message.find("f9"), std::string::npos);
+  auto round = decode_journal_record("f1", encode_journal_record(record("f1", "a/b")));
+  ASSERT_TRUE(round);
+  EXPECT_EQ(round->path, "a/b");
+}
+
+}  // namespace
+}  // namespace bucketfs::cache

@@ -1,0 +1,105 @@
+// Replays the write journal of daemons that died (include/bucketfs/fs/mount.h recover_journal).
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <ctime>
+
+#include "bucketfs/fs/mount.h"
+#include "file_descriptor.h"
+#include "log.h"
+
+namespace bucketfs::fs {
+namespace {
+
+std::string conflict_name(const std::string& path) {
+  const std::time_t now = std::time(nullptr);
+  std::tm utc{};
+  ::gmtime_r(&now, &utc);
+  char stamp[32];
+  std::strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &utc);
+  char host[64] = "host";
+  ::gethostname(host, sizeof host - 1);
+  return path + ".conflict-" + stamp + "-" + host;
+}
+
+}  // namespace
+
+RecoveryReport recover_journal(const MountServices& services, const naming::BucketId& bucket,
+                               const std::filesystem::path& staging_dir, const transfer::UploadOptions& upload) {
+  RecoveryReport report;
+  if (services.journal == nullptr || services.write_cas == nullptr) return report;
+  auto records = services.journal->list();
+  if (!records) {
+    log_line("journal: cannot read it: " + records.error().message);
+    return report;
+  }
+  const std::string bucket_id = bucket.str();
+  transfer::Uploader uploader(*services.write_cas, *services.hub, services.dedup_index, upload);
+  for (const auto& record : *records) {
+    if (record.bucket != bucket_id) continue;
+    if (record.owner.alive()) {
+      ++report.live;
+      continue;
+    }
+    const auto file = staging_dir / record.staging_name;
+    FileDescriptor fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd.valid()) {
+      log_line("journal: the staged bytes of '" + record.path + "' (" + file.string() + ") are gone: " +
+               std::strerror(errno) + "; dropping the record");
+      services.journal->remove(record.staging_name);
+      ++report.failed;
+      continue;
+    }
+    auto uploaded = uploader.upload(transfer::fd_source(fd.get()));
+    if (!uploaded) {
+      log_line("journal: uploading '" + record.path + "' failed (kept for the next mount): " +
+               uploaded.error().describe());
+      ++report.failed;
+      continue;
+    }
+    const xet::Hash hash = uploaded->file.file_hash;
+    const std::string paths[] = {record.path};
+    auto remote = services.hub->paths_info(bucket, paths);
+    if (!remote) {
+      log_line("journal: checking '" + record.path + "' failed (kept for the next mount): " +
+               remote.error().describe());
+      ++report.failed;
+      continue;
+    }
+    std::optional<xet::Hash> current;
+    if (!remote->empty()) current = remote->front().xet_hash;
+    std::string target = record.path;
+    bool conflict = false;
+    if (current && *current == hash) {
+      target.clear();  // already committed (the daemon died after its commit, before dropping the record)
+    } else if (current != record.base) {
+      conflict = true;
+      target = conflict_name(record.path);
+    }
+    if (!target.empty()) {
+      const std::vector<hub::BatchOperation> operations = {hub::BatchOperation::add(target, hash, record.mtime_ms)};
+      auto committed = services.hub->batch(bucket, operations);
+      if (!committed || !committed->success) {
+        log_line("journal: committing '" + target + "' failed (kept for the next mount): " +
+                 (committed ? std::string("refused") : committed.error().describe()));
+        ++report.failed;
+        continue;
+      }
+    }
+    if (conflict) {
+      log_line("journal: '" + record.path + "' changed in the bucket since this node's version was written; " +
+               "kept both: ours is '" + target + "'");
+      ++report.conflicts;
+    } else {
+      log_line("journal: recovered '" + record.path + "' (" + std::to_string(uploaded->file.size) + " bytes)");
+    }
+    ++report.recovered;
+    if (auto removed = services.journal->remove(record.staging_name); removed) ::unlink(file.c_str());
+  }
+  return report;
+}
+
+}  // namespace bucketfs::fs
