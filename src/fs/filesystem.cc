@@ -354,6 +354,39 @@ FsResult<std::shared_ptr<Staged>> Filesystem::new_staged() {
   return staged;
 }
 
+FsResult<void> Filesystem::copy_on_write(std::unique_lock<std::mutex>& lock, Ino ino, bool truncate) {
+  auto fresh = new_staged();
+  if (!fresh) return std::unexpected(fresh.error());
+  Node* node = find(ino);
+  auto old = node->staged;
+  (*fresh)->base = old->base;
+  (*fresh)->mtime_ms = old->mtime_ms.load();
+  (*fresh)->version = 1;  // differs from the bucket until committed
+  if (!truncate) {
+    const std::uint64_t size = old->size.load();
+    lock.unlock();
+    loff_t in = 0;
+    loff_t out = 0;
+    while (static_cast<std::uint64_t>(in) < size) {
+      const auto n = ::copy_file_range(old->fd.get(), &in, (*fresh)->fd.get(), &out, size - in, 0);
+      if (n <= 0) {
+        const int error = n < 0 ? errno : EIO;
+        log_line(std::string("copying a staged file failed: ") + std::strerror(error));
+        lock.lock();
+        return std::unexpected(error == ENOSPC ? ENOSPC : EIO);
+      }
+    }
+    (*fresh)->size = size;
+    lock.lock();
+    node = find(ino);
+    if (node == nullptr) return std::unexpected(ENOENT);
+    if (node->staged != old) return {};  // someone else replaced it meanwhile: use theirs
+  }
+  node->superseded.push_back(std::move(old));
+  node->staged = std::move(*fresh);
+  return {};
+}
+
 FsResult<void> Filesystem::fetch_base(Staged& staged, const xet::Hash& hash, std::uint64_t size) {
   std::uint64_t offset = 0;
   int write_error = 0;
@@ -411,6 +444,11 @@ FsResult<Attributes> Filesystem::set_size(Ino ino, std::uint64_t size) {
   Node* node = find(ino);
   if (node == nullptr) return std::unexpected(ENOENT);
   if (node->directory) return std::unexpected(EISDIR);
+  if (node->staged && node->open_writers == 0 && node->staged->journaled && node->staged->dirty()) {
+    if (auto ok = copy_on_write(lock, ino, size == 0); !ok) return std::unexpected(ok.error());
+    node = find(ino);
+    if (node == nullptr) return std::unexpected(ENOENT);
+  }
   if (!node->staged) {
     auto staged = new_staged();
     if (!staged) return std::unexpected(staged.error());
@@ -530,10 +568,15 @@ FsResult<void> Filesystem::unlink(Ino parent, const std::string& name) {
     node->remote_exists = false;
   }
   auto staged = node->staged;
+  auto superseded = std::move(node->superseded);
   detach(*node);
   maybe_erase(ino);
   lock.unlock();
   if (staged && staged->journaled) journal_remove(staged);
+  for (auto& old : superseded) {
+    old->abandoned = true;
+    journal_remove(old);
+  }
   return {};
 }
 
@@ -642,11 +685,13 @@ FsResult<void> Filesystem::rename(Ino parent, const std::string& name, Ino new_p
   from_directory = find(parent);
   to_directory = find(new_parent);
   if (source == nullptr || from_directory == nullptr || to_directory == nullptr) return {};
-  std::shared_ptr<Staged> replaced;
+  std::vector<std::shared_ptr<Staged>> replaced;
   if (target_ino != 0) {
     if (Node* target = find(target_ino); target != nullptr) {
       target->remote_exists = false;  // replaced by the add above (or by the pending upload)
-      replaced = target->staged;
+      if (target->staged) replaced.push_back(target->staged);
+      for (auto& old : target->superseded) replaced.push_back(std::move(old));
+      target->superseded.clear();
       detach(*target);
       maybe_erase(target_ino);
     }
@@ -667,6 +712,9 @@ FsResult<void> Filesystem::rename(Ino parent, const std::string& name, Ino new_p
     if (!at->directory) {
       if (at->remote_exists) at->remote_path = path_of(*at);
       if (at->staged && at->staged->journaled) records.emplace_back(at->staged, path_of(*at));
+      for (const auto& old : at->superseded) {
+        if (old->journaled) records.emplace_back(old, path_of(*at));
+      }
       continue;
     }
     for (const auto& [child_name, child_ino] : at->children) {
@@ -674,7 +722,10 @@ FsResult<void> Filesystem::rename(Ino parent, const std::string& name, Ino new_p
     }
   }
   lock.unlock();
-  if (replaced && replaced->journaled) journal_remove(replaced);
+  for (auto& old : replaced) {
+    old->abandoned = true;
+    if (old->journaled) journal_remove(old);
+  }
   for (const auto& [staged, path] : records) journal_put(staged, path);
   return {};
 }
@@ -732,6 +783,11 @@ FsResult<OpenedFile> Filesystem::open(Ino ino, int flags) {
     if (node == nullptr) return std::unexpected(ENOENT);
   }
   const bool truncate = (flags & O_TRUNC) != 0;
+  if (writable && node->staged && node->open_writers == 0 && node->staged->journaled && node->staged->dirty()) {
+    if (auto ok = copy_on_write(lock, ino, truncate); !ok) return std::unexpected(ok.error());
+    node = find(ino);
+    if (node == nullptr) return std::unexpected(ENOENT);
+  }
   if (writable) {
     if (node->staged) {
       if (truncate && node->staged->size.load() != 0) {
@@ -870,6 +926,19 @@ FsResult<void> Filesystem::persist(std::unique_lock<std::mutex>& lock, Ino ino) 
   }
   journal_put(staged, path);
   lock.lock();
+  // The newer version is recorded: the closed versions it replaced are no longer needed.
+  std::vector<std::shared_ptr<Staged>> superseded;
+  if (node = find(ino); node != nullptr && node->staged == staged && staged->journaled) {
+    superseded.swap(node->superseded);
+  }
+  if (!superseded.empty()) {
+    lock.unlock();
+    for (auto& old : superseded) {
+      old->abandoned = true;
+      journal_remove(old);
+    }
+    lock.lock();
+  }
   return {};
 }
 

@@ -98,6 +98,9 @@ struct Node {
   std::int64_t remote_mtime_ms = 0;
   std::chrono::steady_clock::time_point validated_at;
   std::shared_ptr<Staged> staged;
+  // Closed versions still in the journal that a newer staged file replaced: their records stay
+  // until the newer version is itself journaled (the last closed version is never lost).
+  std::vector<std::shared_ptr<Staged>> superseded;
   std::optional<xet::Hash> kernel_cached;  // content the kernel may hold pages of
 };
 
@@ -164,6 +167,10 @@ class Filesystem {
   FsResult<void> revalidate_file(std::unique_lock<std::mutex>& lock, Ino file);
   FsResult<std::shared_ptr<Staged>> new_staged();
   FsResult<void> fetch_base(Staged& staged, const xet::Hash& hash, std::uint64_t size);
+  // Before a closed, journaled, uncommitted version is modified: move the modification to a new
+  // staged file (a copy, or empty when `truncate`), so the journaled bytes stay as closed.
+  // REQUIRES: lock held; may release it.
+  FsResult<void> copy_on_write(std::unique_lock<std::mutex>& lock, Ino ino, bool truncate);
   FsResult<void> check_name(const Node& parent, const std::string& name) const;
   // Waits until `staged` is committed at a version >= `version`; EIO when its upload failed.
   FsResult<void> wait_committed(std::unique_lock<std::mutex>& lock, const std::shared_ptr<Staged>& staged,
