@@ -5,8 +5,9 @@
 
 namespace bucketfs::fs {
 namespace {
-constexpr std::size_t kFirstWindow = std::size_t{1} << 20;
 constexpr std::size_t kRandomWindow = std::size_t{128} << 10;
+// Bytes a stream keeps behind the newest read, for readahead requests that arrive late.
+constexpr std::uint64_t kKeepBehind = std::uint64_t{4} << 20;
 }  // namespace
 
 std::unique_ptr<std::byte[]> WindowPool::acquire() {
@@ -32,74 +33,111 @@ RemoteReader::RemoteReader(transfer::Downloader& downloader, WindowPool& pool, x
 
 RemoteReader::~RemoteReader() {
   std::lock_guard lock(mutex_);
-  drop_prefetch();
-  pool_.release(std::move(current_.buffer));
+  stop_stream();
 }
 
-void RemoteReader::drop_prefetch() {
-  if (!next_.valid()) return;
-  auto window = next_.get();
-  if (window) pool_.release(std::move(window->buffer));
+void RemoteReader::stop_stream() {
+  if (!stream_) return;
+  {
+    std::lock_guard lock(stream_->mutex);
+    stream_->cancelled = true;
+  }
+  stream_->changed.notify_all();
+  if (stream_->thread.joinable()) stream_->thread.join();
+  pool_.release(std::move(stream_->ring));
+  stream_.reset();
 }
 
-transfer::DownloadResult<RemoteReader::Window> RemoteReader::fetch(std::uint64_t start, std::size_t length) {
-  Window window;
-  window.start = start;
-  window.buffer = pool_.acquire();
-  std::byte* out = window.buffer.get();
+void RemoteReader::start_stream(std::uint64_t offset) {
+  stream_ = std::make_unique<Stream>();
+  Stream* stream = stream_.get();
+  stream->ring = pool_.acquire();
+  stream->capacity = pool_.capacity();
+  stream->tail = stream->head = stream->keep_from = offset;
+  stream->thread = std::thread([this, stream, offset] {
+    auto done = downloader_.read_range(hash_, size_, {offset, size_}, [stream](std::span<const std::byte> piece) {
+      std::size_t at = 0;
+      while (at < piece.size()) {
+        std::unique_lock lock(stream->mutex);
+        // The ring holds [keep_from, head). A read ahead of the download (keep_from > head) needs
+        // none of the bytes before it: they pass through the ring.
+        auto room_left = [stream] {
+          if (stream->keep_from >= stream->head) return stream->capacity;
+          const std::uint64_t held = stream->head - stream->keep_from;
+          return held < stream->capacity ? static_cast<std::size_t>(stream->capacity - held) : std::size_t{0};
+        };
+        stream->changed.wait(lock, [&] { return stream->cancelled || room_left() > 0; });
+        if (stream->cancelled) return false;
+        const std::uint64_t head = stream->head;
+        const std::size_t room = room_left();
+        // One contiguous piece of the ring at a time.
+        const std::size_t position = static_cast<std::size_t>(head % stream->capacity);
+        const std::size_t n = std::min({room, piece.size() - at, stream->capacity - position});
+        if (head + n - stream->tail > stream->capacity) stream->tail = head + n - stream->capacity;
+        lock.unlock();
+        // Readers only touch [tail, head): nothing they read is overwritten here.
+        std::memcpy(stream->ring.get() + position, piece.data() + at, n);
+        at += n;
+        lock.lock();
+        stream->head += n;
+        lock.unlock();
+        stream->changed.notify_all();
+      }
+      return true;
+    });
+    {
+      std::lock_guard lock(stream->mutex);
+      stream->done = true;
+      if (!done && done.error().kind != transfer::DownloadErrorKind::cancelled) stream->error = done.error();
+    }
+    stream->changed.notify_all();
+  });
+}
+
+std::optional<transfer::DownloadResult<void>> RemoteReader::read_stream(
+    std::uint64_t offset, std::size_t length, const std::function<void(std::span<const std::byte>)>& reply) {
+  Stream* stream = stream_.get();
+  if (stream == nullptr) return std::nullopt;
+  const std::uint64_t end = offset + length;
+  std::unique_lock lock(stream->mutex);
+  if (offset < stream->tail || offset > stream->head + stream->capacity / 2) return std::nullopt;
+  if (stream->error && stream->head < end) return std::nullopt;  // retried directly by the caller
+  // Bytes before the read (minus a margin) may be overwritten now.
+  stream->keep_from = std::max(stream->keep_from, offset > kKeepBehind ? offset - kKeepBehind : 0);
+  stream->keep_from = std::min(stream->keep_from, offset);
+  stream->changed.notify_all();
+  stream->changed.wait(lock, [&] { return stream->head >= end || stream->done || stream->cancelled; });
+  if (stream->head < end || offset < stream->tail) return std::nullopt;
+  const std::size_t position = static_cast<std::size_t>(offset % stream->capacity);
+  if (position + length <= stream->capacity) {
+    reply({stream->ring.get() + position, length});
+  } else {
+    const std::size_t first = stream->capacity - position;
+    scratch_.resize(length);
+    std::memcpy(scratch_.data(), stream->ring.get() + position, first);
+    std::memcpy(scratch_.data() + first, stream->ring.get(), length - first);
+    reply({scratch_.data(), length});
+  }
+  return transfer::DownloadResult<void>{};
+}
+
+transfer::DownloadResult<void> RemoteReader::read_direct(std::uint64_t offset, std::size_t length,
+                                                         const std::function<void(std::span<const std::byte>)>& reply) {
+  const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(std::max(length, kRandomWindow), size_ - offset));
+  scratch_.resize(want);
   std::size_t filled = 0;
-  auto done = downloader_.read_range(hash_, size_, {start, start + length}, [&](std::span<const std::byte> piece) {
-    if (piece.size() > length - filled) return false;  // more than asked: refuse rather than overflow
-    std::memcpy(out + filled, piece.data(), piece.size());
+  auto done = downloader_.read_range(hash_, size_, {offset, offset + want}, [&](std::span<const std::byte> piece) {
+    if (piece.size() > want - filled) return false;
+    std::memcpy(scratch_.data() + filled, piece.data(), piece.size());
     filled += piece.size();
     return true;
   });
-  if (!done) {
-    pool_.release(std::move(window.buffer));
-    return std::unexpected(done.error());
-  }
-  if (filled != std::min<std::uint64_t>(length, size_ - start)) {
-    pool_.release(std::move(window.buffer));
+  if (!done) return std::unexpected(done.error());
+  if (filled != want) {
     return std::unexpected(transfer::DownloadError{transfer::DownloadErrorKind::corrupt, {},
                                                    "a range read returned " + std::to_string(filled) + " bytes"});
   }
-  window.length = filled;
-  return window;
-}
-
-void RemoteReader::start_prefetch(std::uint64_t start, std::size_t length) {
-  next_start_ = start;
-  next_ = std::async(std::launch::async, [this, start, length] { return fetch(start, length); });
-}
-
-transfer::DownloadResult<void> RemoteReader::position(std::uint64_t offset, std::size_t length) {
-  if (current_.buffer && current_.contains(offset)) return {};
-  const bool sequential = offset == last_end_ || (current_.buffer && offset == current_.start + current_.length);
-  if (next_.valid() && offset >= next_start_ && offset < next_start_ + window_) {
-    auto window = next_.get();
-    if (window && window->contains(offset)) {
-      pool_.release(std::move(current_.buffer));
-      current_ = std::move(*window);
-      return {};
-    }
-    if (window) pool_.release(std::move(window->buffer));
-    // A failed prefetch is retried below by a direct fetch: the error may have been transient.
-  } else {
-    drop_prefetch();
-  }
-  std::size_t want;
-  if (sequential) {
-    window_ = window_ == 0 ? kFirstWindow : std::min(window_ * 2, pool_.capacity());
-    want = window_;
-  } else {
-    window_ = 0;
-    want = std::max(length, kRandomWindow);
-  }
-  want = std::min<std::uint64_t>({want, pool_.capacity(), size_ - offset});
-  auto window = fetch(offset, want);
-  if (!window) return std::unexpected(window.error());
-  pool_.release(std::move(current_.buffer));
-  current_ = std::move(*window);
+  reply({scratch_.data(), length});
   return {};
 }
 
@@ -111,32 +149,26 @@ transfer::DownloadResult<void> RemoteReader::read(std::uint64_t offset, std::siz
     return {};
   }
   length = static_cast<std::size_t>(std::min<std::uint64_t>(length, size_ - offset));
-  if (auto ok = position(offset, length); !ok) return ok;
-  const std::uint64_t window_end = current_.start + current_.length;
-  if (offset + length <= window_end) {
-    reply({current_.buffer.get() + (offset - current_.start), length});
-  } else {
-    // The read straddles windows: stitch the pieces together.
-    stitch_.resize(length);
-    std::size_t filled = 0;
-    while (filled < length) {
-      if (auto ok = position(offset + filled, length - filled); !ok) return ok;
-      const std::uint64_t at = offset + filled;
-      const std::size_t take =
-          static_cast<std::size_t>(std::min<std::uint64_t>(length - filled, current_.start + current_.length - at));
-      std::memcpy(stitch_.data() + filled, current_.buffer.get() + (at - current_.start), take);
-      filled += take;
-      last_end_ = at + take;
-    }
-    reply({stitch_.data(), length});
+  if (auto served = read_stream(offset, length, reply); served) {
+    last_end_ = offset + length;
+    return *served;
   }
+  const bool sequential = offset == last_end_;
   last_end_ = offset + length;
-  // Sequential reading: keep the next window in flight.
-  const std::uint64_t end = current_.start + current_.length;
-  if (window_ != 0 && !next_.valid() && end < size_) {
-    start_prefetch(end, static_cast<std::size_t>(std::min<std::uint64_t>(window_, size_ - end)));
+  if (sequential) {
+    stop_stream();
+    start_stream(offset);
+    if (auto served = read_stream(offset, length, reply); served) return *served;
+    // The stream failed before reaching the read: say why (or fetch directly).
+    std::optional<transfer::DownloadError> error;
+    {
+      std::lock_guard stream_lock(stream_->mutex);
+      error = stream_->error;
+    }
+    stop_stream();
+    if (error) return std::unexpected(*error);
   }
-  return {};
+  return read_direct(offset, length, reply);
 }
 
 }  // namespace bucketfs::fs

@@ -1,24 +1,31 @@
 #pragma once
-// Reads of one open remote file (a xet hash and size that do not change while it is open), with
-// an adaptive readahead window (DESIGN.md "A read").
+// Reads of one open remote file (a xet hash and size that do not change while it is open)
+// (DESIGN.md "A read").
 //
-// A read inside the current window is served from memory. A read that continues where the last
-// one ended is sequential: the window doubles (1 MiB up to `max_window`) and the next window is
-// fetched in the background while the current one is consumed, so the network, decompression
-// and hashing overlap with the application. Any other read is random: the window falls back to
-// the bytes asked for (at least 128 KiB) and nothing is prefetched.
+// Sequential reading streams: the first read at offset 0, or a read that continues where the
+// last one ended, starts ONE background download of the rest of the file (Downloader::read_range
+// from that offset to the end: one reconstruction request, parallel verified range fetches,
+// whole xorbs into the chunk cache) into a ring buffer of `ring_bytes`; reads take their bytes
+// from the ring as they arrive, and the download waits while the ring is full. So the network,
+// decompression and hashing run ahead of the application, within bounded memory.
 //
-// Window buffers come from a WindowPool shared by every reader of a mount and are reused (fresh
-// pages are expensive here: PERF-NOTES trap 1). A reader holds at most two windows.
+// Any other read is random: its bytes are fetched alone (rounded up to 128 KiB) and nothing is
+// prefetched; a stream far from the read is cancelled. Reads a little behind the stream (the
+// kernel's readahead arrives out of order) are served from the bytes the ring still holds.
+//
+// Ring buffers come from a WindowPool shared by every reader of a mount and are reused (fresh
+// pages are expensive here: PERF-NOTES trap 1).
 //
 // Thread-safety: read() may be called from several threads; calls are serialized per reader.
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
-#include <future>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
+#include <thread>
 #include <vector>
 
 #include "bucketfs/transfer/download.h"
@@ -44,7 +51,7 @@ class WindowPool {
 class RemoteReader {
  public:
   RemoteReader(transfer::Downloader& downloader, WindowPool& pool, xet::Hash hash, std::uint64_t size);
-  ~RemoteReader();  // waits for a prefetch in flight
+  ~RemoteReader();  // cancels and joins a stream
   RemoteReader(const RemoteReader&) = delete;
   RemoteReader& operator=(const RemoteReader&) = delete;
 
@@ -54,31 +61,38 @@ class RemoteReader {
                                       const std::function<void(std::span<const std::byte>)>& reply);
 
  private:
-  struct Window {
-    std::uint64_t start = 0;
-    std::size_t length = 0;
-    std::unique_ptr<std::byte[]> buffer;
-    bool contains(std::uint64_t offset) const { return offset >= start && offset < start + length; }
+  // The background download of [start, size) into a ring.
+  struct Stream {
+    std::mutex mutex;
+    std::condition_variable changed;
+    std::unique_ptr<std::byte[]> ring;
+    std::size_t capacity = 0;
+    std::uint64_t tail = 0;   // file offset of the oldest byte kept
+    std::uint64_t head = 0;   // file offset one past the newest byte received
+    std::uint64_t keep_from = 0;  // readers need nothing before this (the download may overwrite it)
+    bool done = false;
+    bool cancelled = false;
+    std::optional<transfer::DownloadError> error;
+    std::thread thread;
   };
 
-  transfer::DownloadResult<Window> fetch(std::uint64_t start, std::size_t length);
-  void start_prefetch(std::uint64_t start, std::size_t length);
-  // REQUIRES: mutex_ held. Makes `current_` hold `offset` (from the prefetch or a fetch).
-  transfer::DownloadResult<void> position(std::uint64_t offset, std::size_t length);
-  void drop_prefetch();
+  void start_stream(std::uint64_t offset);
+  void stop_stream();
+  // Copies [offset, offset + length) out of the stream if it will hold them; false if not.
+  std::optional<transfer::DownloadResult<void>> read_stream(
+      std::uint64_t offset, std::size_t length, const std::function<void(std::span<const std::byte>)>& reply);
+  transfer::DownloadResult<void> read_direct(std::uint64_t offset, std::size_t length,
+                                             const std::function<void(std::span<const std::byte>)>& reply);
 
   transfer::Downloader& downloader_;
   WindowPool& pool_;
   const xet::Hash hash_;
   const std::uint64_t size_;
 
-  std::mutex mutex_;
-  Window current_;
-  std::future<transfer::DownloadResult<Window>> next_;
-  std::uint64_t next_start_ = 0;
+  std::mutex mutex_;  // serializes read()
+  std::unique_ptr<Stream> stream_;
   std::uint64_t last_end_ = 0;
-  std::size_t window_ = 0;  // the sequential window; 0 until a sequential read
-  std::vector<std::byte> stitch_;  // a read straddling two windows
+  std::vector<std::byte> scratch_;
 };
 
 }  // namespace bucketfs::fs

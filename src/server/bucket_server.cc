@@ -755,7 +755,47 @@ class Handlers {
       first = (*range)->first;
       last = std::min((*range)->last.value_or(last), last);
     }
-    const Selection selection = select_terms(record, first, last);
+    Selection selection = select_terms(record, first, last);
+    if (*range && !selection.terms.empty()) {
+      // Serve whole chunks, not whole terms: the first term starts at the chunk holding `first`
+      // and the last ends with the chunk holding `last` (download-protocol.md "Range Downloads"),
+      // so a small read of a file whose terms span 64 MiB xorbs fetches kilobytes, not the xorb.
+      auto trim = [&](xet::FileTerm& term, std::uint64_t term_offset, bool front, bool back) -> std::optional<std::string> {
+        auto xorb = s_.metadata_.xorb(term.xorb_hash);
+        if (!xorb) return xorb.error().message;
+        if (!*xorb || term.chunk_index_end > (*xorb)->chunks.size()) return std::string("xorb of a term is missing");
+        const auto& chunks = (*xorb)->chunks;
+        std::uint32_t start = term.chunk_index_start;
+        std::uint32_t end = term.chunk_index_end;
+        std::uint64_t at = term_offset;
+        if (front) {
+          while (start + 1 < end && at + chunks[start].size <= first) at += chunks[start++].size;
+          selection.first_term_offset = at;
+        }
+        std::uint64_t bytes = 0;
+        std::uint32_t stop = start;
+        for (std::uint64_t position = at; stop < end; ++stop) {
+          if (back && position > last) break;
+          position += chunks[stop].size;
+          bytes += chunks[stop].size;
+        }
+        term.chunk_index_start = start;
+        term.chunk_index_end = stop;
+        term.unpacked_bytes = bytes;
+        return std::nullopt;
+      };
+      std::uint64_t last_offset = selection.first_term_offset;
+      for (std::size_t i = 0; i + 1 < selection.terms.size(); ++i) last_offset += selection.terms[i].unpacked_bytes;
+      const bool single = selection.terms.size() == 1;
+      if (auto failed = trim(selection.terms.front(), selection.first_term_offset, true, single); failed) {
+        return error_response(500, *failed);
+      }
+      if (!single) {
+        if (auto failed = trim(selection.terms.back(), last_offset, false, true); failed) {
+          return error_response(500, *failed);
+        }
+      }
+    }
     json terms = json::array();
     // Per xorb: the merged chunk ranges the selected terms need.
     std::map<xet::Hash, std::vector<std::pair<std::uint32_t, std::uint32_t>>> needed;
