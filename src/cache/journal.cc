@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <chrono>
 #include <fstream>
 #include <sstream>
 #include <nlohmann/json.hpp>
@@ -58,6 +59,7 @@ std::string encode_journal_record(const JournalRecord& record) {
       {"mtime_ms", record.mtime_ms},
       {"size", record.size},
       {"owner", {{"pid", record.owner.pid}, {"start", record.owner.start_ticks}, {"boot", record.owner.boot_id}}},
+      {"sequence", record.sequence},
   };
   if (record.base) value["base"] = record.base->to_string();
   return value.dump();
@@ -76,6 +78,7 @@ Result<JournalRecord> decode_journal_record(std::string_view key, std::string_vi
     record.owner.pid = owner.at("pid").get<std::int64_t>();
     record.owner.start_ticks = owner.at("start").get<std::uint64_t>();
     record.owner.boot_id = owner.at("boot").get<std::string>();
+    record.sequence = json.value("sequence", std::uint64_t{0});
     if (json.contains("base")) {
       auto hash = xet::Hash::from_string(json.at("base").get<std::string>());
       if (!hash) throw std::runtime_error("base is not a hash");
@@ -88,8 +91,11 @@ Result<JournalRecord> decode_journal_record(std::string_view key, std::string_vi
   }
 }
 
-Result<void> Journal::put(const JournalRecord& record) {
+Result<void> Journal::put(JournalRecord record) {
   if (record.staging_name.empty()) return std::unexpected(Error{ErrorCode::kInvalidArgument, 0, "journal: empty key"});
+  record.sequence = static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count());
   {
     auto txn = store_->environment().begin_write();
     if (!txn) return std::unexpected(format::store_error(txn.error()));

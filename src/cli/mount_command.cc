@@ -344,14 +344,48 @@ int run_daemon(const MountArgs& args, const naming::BucketPath& where, const std
   return served != 0 || left > 0 ? 1 : 0;
 }
 
+// Whether `path` is a bucketfs mount in /proc/self/mountinfo (fstype fuse.bucketfs).
+bool is_bucketfs_mount(const std::string& path) {
+  std::ifstream mountinfo("/proc/self/mountinfo");
+  std::string line;
+  while (std::getline(mountinfo, line)) {
+    std::istringstream fields(line);
+    std::string id, parent, device, root, point;
+    fields >> id >> parent >> device >> root >> point;
+    if (point != path) continue;
+    std::string field;
+    while (fields >> field && field != "-") {
+    }
+    std::string type;
+    fields >> type;
+    if (type == "fuse.bucketfs") return true;
+  }
+  return false;
+}
+
+// A mount point whose daemon died (kill -9, OOM) answers ENOTCONN. Such a dead bucketfs mount is
+// detached so the bucket can be mounted there again (and its journal replayed).
+void detach_dead_mount(const std::string& path) {
+  struct stat info {};
+  if (::stat(path.c_str(), &info) == 0 || errno != ENOTCONN) return;
+  const std::string absolute = stdfs::absolute(path).lexically_normal().string();
+  if (!is_bucketfs_mount(absolute)) return;
+  std::cerr << "bucketfs: " << absolute << " is a dead bucketfs mount (its daemon died); detaching it" << std::endl;
+  if (::geteuid() == 0 && ::umount2(absolute.c_str(), MNT_DETACH) == 0) return;
+  [[maybe_unused]] int status = std::system(("fusermount3 -u -z -q '" + absolute + "' 2>/dev/null").c_str());
+}
+
 int run_mount(MountArgs args) {
   if (auto ok = absorb_options(args); !ok) return fail(ok.error());
   auto where = parse_source(args.source);
   if (!where) return fail(where.error());
+  detach_dead_mount(args.mountpoint);
   std::error_code error;
   const auto mountpoint = stdfs::canonical(args.mountpoint, error);
   if (error) return fail("mountpoint " + args.mountpoint + " does not exist");
-  if (!stdfs::is_directory(mountpoint)) return fail("mountpoint " + mountpoint.string() + " is not a directory");
+  if (!stdfs::is_directory(mountpoint, error) || error) {
+    return fail("mountpoint " + mountpoint.string() + " is not a directory");
+  }
   if (auto ttl = args.metadata_ttl; !(ttl >= 0)) return fail("--metadata-ttl must be >= 0");
   if (::access("/dev/fuse", R_OK | W_OK) != 0) return fail("FUSE is not available (/dev/fuse cannot be opened)");
 
@@ -373,7 +407,16 @@ int run_mount(MountArgs args) {
   for (std::string* path : {&args.client.token_file, &args.cache_dir, &args.log_file}) {
     if (!path->empty()) *path = stdfs::absolute(*path).lexically_normal().string();
   }
-  if (args.foreground) return run_daemon(args, *where, mountpoint, -1, log_file);
+  if (args.foreground) {
+    // In the foreground the log is stderr (journald under systemd), unless --log-file is given.
+    if (!args.log_file.empty()) {
+      const int log_fd = ::open(log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+      if (log_fd < 0) return fail("cannot open log file " + log_file + ": " + std::strerror(errno));
+      ::dup2(log_fd, STDERR_FILENO);
+      ::close(log_fd);
+    }
+    return run_daemon(args, *where, mountpoint, -1, args.log_file.empty() ? std::string("stderr") : log_file);
+  }
 
   int pipe_fds[2];
   if (::pipe2(pipe_fds, O_CLOEXEC) != 0) return fail(std::string("pipe: ") + std::strerror(errno));
@@ -539,6 +582,7 @@ void add_mount_commands(CLI::App& app) {
 int mount_helper_main(int argc, char** argv) {
   // mount(8): mount.bucketfs SOURCE MOUNTPOINT [-sfnv] [-o OPTIONS] [-t TYPE]
   MountArgs args;
+  bool fake = false;
   std::vector<std::string> positional;
   for (int i = 1; i < argc; ++i) {
     const std::string argument = argv[i];
@@ -548,8 +592,10 @@ int mount_helper_main(int argc, char** argv) {
       args.fuse_options.push_back(argument.substr(2));
     } else if (argument == "-t" && i + 1 < argc) {
       ++i;  // the type (fuse.bucketfs) says nothing more
-    } else if (argument == "-s" || argument == "-n" || argument == "-v" || argument == "-f") {
-      continue;  // sloppy, no mtab, verbose, fake: nothing to do
+    } else if (argument == "-f") {
+      fake = true;  // mount -f: do everything but the mount
+    } else if (argument == "-s" || argument == "-n" || argument == "-v") {
+      continue;  // sloppy, no mtab, verbose: nothing to do
     } else if (argument.starts_with("-")) {
       return fail("mount.bucketfs: unknown option " + argument);
     } else {
@@ -559,6 +605,7 @@ int mount_helper_main(int argc, char** argv) {
   if (positional.size() != 2) return fail("usage: mount.bucketfs NS/BUCKET[/PREFIX] MOUNTPOINT [-o OPTIONS]");
   args.source = positional[0];
   args.mountpoint = positional[1];
+  if (fake) return 0;
   return run_mount(std::move(args));
 }
 

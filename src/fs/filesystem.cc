@@ -70,8 +70,28 @@ std::chrono::seconds backoff(unsigned attempts) {
 }  // namespace
 
 Staged::~Staged() {
+  {
+    std::lock_guard lock(stream_mutex);
+    if (stream) abort_stream_locked();
+  }
+  if (stream && stream->thread.joinable()) stream->thread.join();
   // Bytes not in the bucket stay on disk (a later mount's journal recovery picks them up).
   if (!path.empty() && (abandoned || !dirty())) ::unlink(path.c_str());
+}
+
+void Staged::seal_stream() {
+  std::lock_guard lock(stream_mutex);
+  if (!stream || stream->sealed || stream->aborted) return;
+  stream->sealed = true;
+  stream->version_at_seal = version.load();
+  stream->more.notify_all();
+}
+
+void Staged::abort_stream_locked() {
+  appending = false;
+  if (!stream) return;
+  stream->aborted = true;
+  stream->more.notify_all();
 }
 
 Filesystem::Filesystem(MountServices services, MountOptions options)
@@ -235,24 +255,32 @@ FsResult<void> Filesystem::refresh_directory(std::unique_lock<std::mutex>& lock,
   if (!directory->directory) return std::unexpected(ENOTDIR);
   if (listing_fresh(*directory) || !directory->attached) return {};
   const std::string path = path_of(*directory);
-  const std::uint64_t mutations_before = mutations_;
-  lock.unlock();
+  std::uint64_t mutations_before = 0;
   std::vector<hub::TreeEntry> entries;
-  auto listed = services_.hub->for_each_tree_entry(options_.bucket, path, hub::TreeOptions{.recursive = false, .limit = std::nullopt},
-                                                   [&](hub::TreeEntry&& entry) {
-                                                     entries.push_back(std::move(entry));
-                                                     return true;
-                                                   });
-  lock.lock();
-  directory = find(ino);
-  if (directory == nullptr) return std::unexpected(ENOENT);
-  if (!listed) {
-    log_line("listing '" + path + "' failed: " + listed.error().describe());
-    status_.last_error = "listing failed: " + listed.error().describe();
-    if (directory->listed) return {};  // serve the stale listing rather than fail
-    return std::unexpected(EIO);
+  // A mutation of ours that raced the listing may be missing from it (an upload), or still in it
+  // (a delete or rename): such a listing is taken again, a few times at most.
+  for (int attempt = 0;; ++attempt) {
+    mutations_before = mutations_;
+    entries.clear();
+    lock.unlock();
+    auto listed = services_.hub->for_each_tree_entry(options_.bucket, path, hub::TreeOptions{.recursive = false, .limit = std::nullopt},
+                                                     [&](hub::TreeEntry&& entry) {
+                                                       entries.push_back(std::move(entry));
+                                                       return true;
+                                                     });
+    lock.lock();
+    directory = find(ino);
+    if (directory == nullptr) return std::unexpected(ENOENT);
+    if (!listed) {
+      log_line("listing '" + path + "' failed: " + listed.error().describe());
+      status_.last_error = "listing failed: " + listed.error().describe();
+      if (directory->listed) return {};  // serve the stale listing rather than fail
+      return std::unexpected(EIO);
+    }
+    if (mutations_ == mutations_before || attempt == 2) break;
   }
-  // A mutation of ours that raced the listing may be missing from it: then only add.
+  // Still raced: only update what we know; add and remove nothing (a name we just deleted or
+  // renamed away would come back), and list again at the next access.
   const bool complete = mutations_ == mutations_before;
   const std::string base = path.empty() ? std::string() : path + "/";
   std::map<std::string, bool> seen;
@@ -265,13 +293,16 @@ FsResult<void> Filesystem::refresh_directory(std::unique_lock<std::mutex>& lock,
     Node* child = nullptr;
     if (auto it = directory->children.find(name); it != directory->children.end()) child = find(it->second);
     if (child != nullptr && child->directory != entry.is_directory()) {
-      if (has_local_state(*child)) continue;
+      if (!complete || has_local_state(*child)) continue;
       const Ino replaced = child->ino;
       detach(*child);
       maybe_erase(replaced);
       child = nullptr;
     }
-    if (child == nullptr) child = &add_child(*directory, name, entry.is_directory());
+    if (child == nullptr) {
+      if (!complete) continue;
+      child = &add_child(*directory, name, entry.is_directory());
+    }
     if (entry.is_directory()) {
       child->local_only = false;
       continue;
@@ -301,7 +332,7 @@ FsResult<void> Filesystem::refresh_directory(std::unique_lock<std::mutex>& lock,
     }
   }
   directory->listed = true;
-  directory->listed_at = now;
+  if (complete) directory->listed_at = now;
   return {};
 }
 
@@ -339,7 +370,9 @@ FsResult<void> Filesystem::revalidate_file(std::unique_lock<std::mutex>& lock, I
 
 FsResult<std::shared_ptr<Staged>> Filesystem::new_staged() {
   auto staged = std::make_shared<Staged>();
-  staged->path = (options_.staging_dir / ("f" + std::to_string(::getpid()) + "-" + std::to_string(next_staging_++)))
+  // pid and process start time: unique across daemons and reboots (left-over files never collide).
+  staged->path = (options_.staging_dir / ("f" + std::to_string(owner_.pid) + "-" + std::to_string(owner_.start_ticks) +
+                                          "-" + std::to_string(next_staging_++)))
                      .string();
   const int fd = ::open(staged->path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0) {
@@ -377,6 +410,11 @@ FsResult<void> Filesystem::copy_on_write(std::unique_lock<std::mutex>& lock, Ino
       }
     }
     (*fresh)->size = size;
+    {
+      std::lock_guard stream_lock((*fresh)->stream_mutex);
+      (*fresh)->appending = size == 0;
+      (*fresh)->append_end = size;
+    }
     lock.lock();
     node = find(ino);
     if (node == nullptr) return std::unexpected(ENOENT);
@@ -401,6 +439,8 @@ FsResult<void> Filesystem::fetch_base(Staged& staged, const xet::Hash& hash, std
     return std::unexpected(EIO);
   }
   staged.size = size;
+  std::lock_guard stream_lock(staged.stream_mutex);
+  staged.appending = false;  // starts with bytes: not a run written from byte 0
   return {};
 }
 
@@ -418,9 +458,15 @@ FsResult<Attributes> Filesystem::lookup(Ino parent, const std::string& name) {
   return attributes_of(*child);
 }
 
-void Filesystem::remember(Ino ino) {
+bool Filesystem::remember(Ino parent, const std::string& name, Ino ino) {
   std::lock_guard lock(mutex_);
-  if (Node* node = find(ino); node != nullptr) ++node->lookups;
+  Node* directory = find(parent);
+  Node* node = find(ino);
+  if (directory == nullptr || node == nullptr || !node->attached) return false;
+  auto it = directory->children.find(name);
+  if (it == directory->children.end() || it->second != ino) return false;
+  ++node->lookups;
+  return true;
 }
 
 void Filesystem::forget(Ino ino, std::uint64_t count) {
@@ -466,6 +512,10 @@ FsResult<Attributes> Filesystem::set_size(Ino ino, std::uint64_t size) {
     if (!node->staged) node->staged = std::move(*staged);
   }
   auto& staged = *node->staged;
+  {
+    std::lock_guard stream_lock(staged.stream_mutex);
+    staged.abort_stream_locked();
+  }
   if (::ftruncate(staged.fd.get(), static_cast<off_t>(size)) != 0) {
     return std::unexpected(errno == ENOSPC || errno == EFBIG ? errno : EIO);
   }
@@ -654,6 +704,11 @@ FsResult<void> Filesystem::rename(Ino parent, const std::string& name, Ino new_p
     if (source->remote_exists) {
       operations.push_back(hub::BatchOperation::add(to_path, source->hash, source->remote_mtime_ms));
       operations.push_back(hub::BatchOperation::remove(source->remote_path));
+    } else if (Node* target = target_ino != 0 ? find(target_ino) : nullptr;
+               target != nullptr && !target->directory && target->remote_exists) {
+      // The source is not in the bucket yet: the file it replaces goes now, or it would come back
+      // if the source were deleted or moved on before its upload.
+      operations.push_back(hub::BatchOperation::remove(target->remote_path));
     }
   } else {
     lock.unlock();
@@ -791,6 +846,10 @@ FsResult<OpenedFile> Filesystem::open(Ino ino, int flags) {
   if (writable) {
     if (node->staged) {
       if (truncate && node->staged->size.load() != 0) {
+        {
+          std::lock_guard stream_lock(node->staged->stream_mutex);
+          node->staged->abort_stream_locked();
+        }
         if (::ftruncate(node->staged->fd.get(), 0) != 0) return std::unexpected(EIO);
         node->staged->size = 0;
         node->staged->mtime_ms = now_ms();
@@ -894,7 +953,67 @@ FsResult<std::size_t> Filesystem::write(std::uint64_t id, std::uint64_t offset, 
   raise_to_max(staged->size, offset + data.size());
   staged->mtime_ms = now_ms();
   ++staged->version;
+  note_write(staged, offset, data.size());
   return data.size();
+}
+
+void Filesystem::note_write(const std::shared_ptr<Staged>& staged, std::uint64_t offset, std::size_t length) {
+  // Below this, an upload after close costs less than a thread.
+  constexpr std::uint64_t kStreamThreshold = std::uint64_t{8} << 20;
+  std::lock_guard lock(staged->stream_mutex);
+  if (Stream* stream = staged->stream.get(); stream != nullptr) {
+    if (stream->sealed || stream->aborted) return;  // the version check at commit discards it
+    if (offset == stream->available) {
+      stream->available += length;
+      stream->more.notify_all();
+    } else {
+      staged->abort_stream_locked();
+    }
+    return;
+  }
+  if (!staged->appending) return;
+  if (offset != staged->append_end) {
+    staged->appending = false;
+    return;
+  }
+  staged->append_end += length;
+  if (staged->append_end < kStreamThreshold || services_.write_cas == nullptr || options_.read_only) return;
+  auto owned = std::make_unique<Stream>();
+  Stream* stream = owned.get();
+  Staged* file = staged.get();
+  stream->available = staged->append_end;
+  staged->stream = std::move(owned);
+  stream->thread = std::thread([this, file, stream] {
+    std::uint64_t position = 0;
+    transfer::UploadRead read = [file, stream, &position](std::span<std::byte> buffer)
+        -> std::expected<std::size_t, std::string> {
+      std::uint64_t end = 0;
+      {
+        std::unique_lock stream_lock(file->stream_mutex);
+        stream->more.wait(stream_lock,
+                          [&] { return stream->aborted || stream->sealed || stream->available > position; });
+        if (stream->aborted) return std::unexpected(std::string("the file was changed out of order"));
+        end = stream->available;
+      }
+      const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(buffer.size(), end - position));
+      if (want == 0) return 0;
+      auto got = read_all(file->fd.get(), buffer.data(), want, position);
+      if (!got) return std::unexpected(std::string("reading the staging file: ") + std::strerror(got.error()));
+      position += *got;
+      return *got;
+    };
+    // Re-reads only touch bytes already consumed, which no write changes without aborting.
+    transfer::UploadReadAt read_at = [file](std::uint64_t offset, std::span<std::byte> buffer)
+        -> std::expected<std::size_t, std::string> {
+      auto got = read_all(file->fd.get(), buffer.data(), buffer.size(), offset);
+      if (!got) return std::unexpected(std::string("reading the staging file: ") + std::strerror(got.error()));
+      return *got;
+    };
+    transfer::Uploader uploader(*services_.write_cas, *services_.hub, services_.dedup_index, options_.upload);
+    auto result = uploader.upload(transfer::UploadSource(std::move(read), std::move(read_at)));
+    std::lock_guard stream_lock(file->stream_mutex);
+    stream->result = std::move(result);
+  });
 }
 
 FsResult<void> Filesystem::flush(std::uint64_t id) {
@@ -905,6 +1024,7 @@ FsResult<void> Filesystem::flush(std::uint64_t id) {
   const Ino ino = it->second->ino;
   Node* node = find(ino);
   if (node == nullptr || !node->attached || !node->staged || !node->staged->dirty()) return {};
+  node->staged->seal_stream();
   // close(2) returns once the bytes and their journal record are on disk (DESIGN.md contract).
   if (auto ok = persist(lock, ino); !ok) return ok;
   node = find(ino);
@@ -924,7 +1044,10 @@ FsResult<void> Filesystem::persist(std::unique_lock<std::mutex>& lock, Ino ino) 
     lock.lock();
     return std::unexpected(error == ENOSPC || error == EDQUOT ? ENOSPC : EIO);
   }
-  journal_put(staged, path);
+  if (!journal_put(staged, path)) {
+    lock.lock();
+    return std::unexpected(EIO);  // close must not succeed without its record
+  }
   lock.lock();
   // The newer version is recorded: the closed versions it replaced are no longer needed.
   std::vector<std::shared_ptr<Staged>> superseded;
@@ -942,8 +1065,8 @@ FsResult<void> Filesystem::persist(std::unique_lock<std::mutex>& lock, Ino ino) 
   return {};
 }
 
-void Filesystem::journal_put(const std::shared_ptr<Staged>& staged, const std::string& path) {
-  if (services_.journal == nullptr) return;
+bool Filesystem::journal_put(const std::shared_ptr<Staged>& staged, const std::string& path) {
+  if (services_.journal == nullptr) return true;
   std::lock_guard journal_lock(staged->journal_mutex);
   cache::JournalRecord record;
   record.staging_name = staged->name;
@@ -955,10 +1078,11 @@ void Filesystem::journal_put(const std::shared_ptr<Staged>& staged, const std::s
   record.owner = owner_;
   if (auto put = services_.journal->put(record); !put) {
     log_line("journal: recording '" + path + "' failed: " + put.error().message);
-    return;
+    return false;
   }
   std::lock_guard lock(mutex_);
   staged->journaled = true;
+  return true;
 }
 
 void Filesystem::journal_remove(const std::shared_ptr<Staged>& staged) {
@@ -990,6 +1114,7 @@ FsResult<void> Filesystem::fsync(std::uint64_t id) {
   Node* node = find(it->second->ino);
   if (node == nullptr || !node->attached || !node->staged || !node->staged->dirty()) return {};
   auto staged = node->staged;
+  staged->seal_stream();
   const std::uint64_t version = staged->version.load();
   enqueue(*node);
   return wait_committed(lock, staged, version);
@@ -1113,6 +1238,20 @@ void Filesystem::upload_one(Ino ino) {
     size = staged->size.load();
     ++status_.uploads_in_flight;
   }
+  // A streaming upload of this file, if sealed at this very version, already did the work.
+  std::unique_ptr<Stream> stream;
+  {
+    std::lock_guard stream_lock(staged->stream_mutex);
+    stream = std::move(staged->stream);
+    staged->appending = false;  // from now on, uploads happen after close
+    if (stream && !stream->sealed) {
+      stream->aborted = true;
+      stream->more.notify_all();
+    }
+  }
+  if (stream) stream->thread.join();
+  const bool from_stream = stream && stream->sealed && !stream->aborted && stream->version_at_seal == version &&
+                           stream->available == size && stream->result.has_value() && stream->result->has_value();
   const int fd = staged->fd.get();
   auto position = std::make_shared<std::uint64_t>(0);
   transfer::UploadRead sequential = [fd, size, position](std::span<std::byte> buffer)
@@ -1132,7 +1271,8 @@ void Filesystem::upload_one(Ino ino) {
     return *got;
   };
   transfer::Uploader uploader(*services_.write_cas, *services_.hub, services_.dedup_index, options_.upload);
-  auto uploaded = uploader.upload(transfer::UploadSource(std::move(sequential), std::move(positional)));
+  auto uploaded = from_stream ? std::move(*stream->result)
+                              : uploader.upload(transfer::UploadSource(std::move(sequential), std::move(positional)));
 
   auto fail = [&](const std::string& message) {  // REQUIRES: mutex_ held
     --status_.uploads_in_flight;
@@ -1218,6 +1358,11 @@ void Filesystem::upload_one(Ino ino) {
   const bool drop_record = staged->journaled && !staged->dirty();
   committed_.notify_all();
   lock.unlock();
+  {
+    // Later versions of this staged file start from what the bucket now holds.
+    std::lock_guard journal_lock(staged->journal_mutex);
+    staged->base = hash;
+  }
   if (drop_record) journal_remove(staged);
 }
 

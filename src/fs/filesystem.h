@@ -25,6 +25,7 @@
 
 #include "bucketfs/fs/mount.h"
 #include "bucketfs/transfer/download.h"
+#include "bucketfs/transfer/upload.h"
 #include "file_descriptor.h"
 #include "reader.h"
 
@@ -53,6 +54,20 @@ struct DirectoryEntry {
   Attributes attributes;
 };
 
+// The upload of a file that is being written sequentially from its first byte, started while
+// the application still writes (so close or fsync waits only for the tail): an upload session
+// reading the staging file up to `available` and waiting for more until the stream is sealed
+// (close/fsync) or aborted (a write anywhere but at the end, or a truncate).
+struct Stream {
+  std::uint64_t available = 0;  // bytes [0, available) are written and final
+  bool sealed = false;          // no more bytes: the end of the file is `available`
+  bool aborted = false;
+  std::uint64_t version_at_seal = 0;
+  std::condition_variable more;
+  std::optional<transfer::UploadResult<transfer::UploadedFile>> result;  // set when the thread ends
+  std::thread thread;
+};
+
 // Local bytes of a file: written, truncated or pending upload.
 struct Staged {
   FileDescriptor fd;
@@ -70,6 +85,16 @@ struct Staged {
   bool abandoned = false;  // its file was deleted or replaced: never committed
   bool journaled = false;  // a journal record names it
   std::mutex journal_mutex;  // orders this file's journal writes
+  // Streaming upload (guarded by stream_mutex): writes so far formed one run from byte 0 to
+  // append_end; once it is long enough a Stream starts.
+  std::mutex stream_mutex;
+  bool appending = true;
+  std::uint64_t append_end = 0;
+  std::unique_ptr<Stream> stream;
+  // Seals the stream at the current end (close, fsync). REQUIRES: stream_mutex not held.
+  void seal_stream();
+  // Stops the stream's upload; the file is then uploaded whole after close.
+  void abort_stream_locked();  // REQUIRES: stream_mutex held
   ~Staged();
   bool dirty() const { return version.load() != committed_version; }
 };
@@ -134,8 +159,10 @@ class Filesystem {
   FsResult<std::vector<DirectoryEntry>> list(Ino ino);  // every child with its attributes
   // user.xet.hash / user.xet.size of a committed file.
   FsResult<std::string> xattr(Ino ino, const std::string& name);
-  // Counts one more kernel reference of `ino` (readdirplus entries).
-  void remember(Ino ino);
+  // Counts one more kernel reference of `ino`, the child `name` of `parent` (readdirplus
+  // entries). False when that name no longer leads to that node (deleted, renamed or replaced
+  // since the listing was taken): then the entry must not reach the kernel.
+  bool remember(Ino parent, const std::string& name, Ino ino);
 
   std::uint64_t drain(std::chrono::milliseconds timeout);
   MountStatus status() const;
@@ -179,10 +206,13 @@ class Filesystem {
   // meanwhile. REQUIRES: lock held, node has a staged file.
   FsResult<void> persist(std::unique_lock<std::mutex>& lock, Ino ino);
   // Rewrites or drops the journal record of `staged` (outside the lock).
-  void journal_put(const std::shared_ptr<Staged>& staged, const std::string& path);
+  // False (logged) when the record could not be written.
+  bool journal_put(const std::shared_ptr<Staged>& staged, const std::string& path);
   void journal_remove(const std::shared_ptr<Staged>& staged);
   FsResult<void> commit_batch(const std::vector<hub::BatchOperation>& operations, const std::string& what);
 
+  // Bookkeeping of a write for streaming; may start the stream.
+  void note_write(const std::shared_ptr<Staged>& staged, std::uint64_t offset, std::size_t length);
   void upload_worker();
   void upload_one(Ino ino);
 

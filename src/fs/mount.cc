@@ -313,7 +313,10 @@ void reply_directory(fuse_req_t request, fuse_ino_t ino, size_t size, off_t offs
       }
       need = fuse_add_direntry_plus(request, buffer.data() + used, size - used, name.c_str(), &entry, at + 1);
       if (need > size - used) break;
-      if (at >= 2) impl.filesystem.remember(attributes.ino);
+      // A name deleted, renamed or replaced since opendir took the listing: a dentry for it would
+      // lead the kernel to a node that is gone or has another name (a create of that name would
+      // then write into a deleted file, or fail with ENOENT).
+      if (at >= 2 && !impl.filesystem.remember(ino, name, attributes.ino)) continue;
     } else {
       struct stat st {};
       st.st_ino = attributes.ino;

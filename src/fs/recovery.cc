@@ -6,6 +6,8 @@
 #include <chrono>
 #include <cstring>
 #include <ctime>
+#include <map>
+#include <algorithm>
 
 #include "bucketfs/fs/mount.h"
 #include "file_descriptor.h"
@@ -37,13 +39,29 @@ RecoveryReport recover_journal(const MountServices& services, const naming::Buck
     return report;
   }
   const std::string bucket_id = bucket.str();
-  transfer::Uploader uploader(*services.write_cas, *services.hub, services.dedup_index, upload);
+  // Of several closed versions of one path (the newer one journaled just before the older was
+  // dropped), only the newest is committed; the others are dropped.
+  std::vector<cache::JournalRecord> replay;
+  std::map<std::string, std::size_t> newest;
   for (const auto& record : *records) {
     if (record.bucket != bucket_id) continue;
     if (record.owner.alive()) {
       ++report.live;
       continue;
     }
+    auto [it, added] = newest.try_emplace(record.path, replay.size());
+    if (added) {
+      replay.push_back(record);
+      continue;
+    }
+    cache::JournalRecord older = record;
+    if (record.sequence > replay[it->second].sequence) std::swap(older, replay[it->second]);
+    log_line("journal: dropping an older closed version of '" + older.path + "'");
+    if (services.journal->remove(older.staging_name)) ::unlink((staging_dir / older.staging_name).c_str());
+  }
+  std::sort(replay.begin(), replay.end(), [](const auto& a, const auto& b) { return a.sequence < b.sequence; });
+  transfer::Uploader uploader(*services.write_cas, *services.hub, services.dedup_index, upload);
+  for (const auto& record : replay) {
     const auto file = staging_dir / record.staging_name;
     FileDescriptor fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
     if (!fd.valid()) {

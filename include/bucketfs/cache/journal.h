@@ -46,14 +46,16 @@ struct JournalRecord {
   std::int64_t mtime_ms = 0;
   std::uint64_t size = 0;
   Owner owner;
+  // Orders records: nanoseconds of the real-time clock when put() wrote it (set by put()).
+  std::uint64_t sequence = 0;
 };
 
 class Journal {
  public:
   explicit Journal(std::shared_ptr<NodeStore> store) : store_(std::move(store)) {}
 
-  // Adds or replaces the record of `record.staging_name`, durably.
-  Result<void> put(const JournalRecord& record);
+  // Adds or replaces the record of `record.staging_name`, durably, stamping its sequence.
+  Result<void> put(JournalRecord record);
   // Removes the record (absent is fine), durably.
   Result<void> remove(const std::string& staging_name);
   // Every record, in key order. Malformed records are skipped (and reported as kFormat only
