@@ -1191,6 +1191,18 @@ FsResult<void> Filesystem::commit_batch(const std::vector<hub::BatchOperation>& 
 // ---- Uploads -----------------------------------------------------------------------------------
 
 void Filesystem::upload_worker() {
+  // Small files closed close together are uploaded together: one upload session (one shard) and
+  // one batch commit for the group, instead of three requests and a session per file.
+  constexpr std::size_t kGroupFiles = 256;
+  constexpr std::uint64_t kSmallFile = std::uint64_t{4} << 20;
+  constexpr std::uint64_t kGroupBytes = std::uint64_t{64} << 20;
+  auto small_size = [&](Ino ino) -> std::optional<std::uint64_t> {  // REQUIRES: mutex_ held
+    Node* node = find(ino);
+    if (node == nullptr || !node->staged || node->staged->uploading) return std::nullopt;
+    const std::uint64_t size = node->staged->size.load();
+    if (size > kSmallFile) return std::nullopt;
+    return size;
+  };
   std::unique_lock lock(mutex_);
   while (!stopping_) {
     const auto now = Clock::now();
@@ -1204,55 +1216,32 @@ void Filesystem::upload_worker() {
       }
       continue;
     }
-    const Ino ino = ready->second;
+    std::vector<Ino> group = {ready->second};
     queue_.erase(ready);
+    if (auto first = small_size(group.front()); first) {
+      std::uint64_t bytes = *first;
+      for (auto it = queue_.begin(); it != queue_.end() && group.size() < kGroupFiles;) {
+        auto size = it->first <= now ? small_size(it->second) : std::nullopt;
+        if (size && bytes + *size <= kGroupBytes &&
+            std::find(group.begin(), group.end(), it->second) == group.end()) {
+          bytes += *size;
+          group.push_back(it->second);
+          it = queue_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    }
     lock.unlock();
-    upload_one(ino);
+    upload_group(group);
     lock.lock();
   }
 }
 
-void Filesystem::upload_one(Ino ino) {
-  std::shared_ptr<Staged> staged;
-  std::uint64_t version = 0;
-  std::uint64_t size = 0;
-  {
-    std::lock_guard lock(mutex_);
-    Node* node = find(ino);
-    if (node == nullptr || !node->staged) return;
-    staged = node->staged;
-    if (staged->uploading) {
-      // Another worker has this file: look again once it is done (the entry taken from the
-      // queue is put back, so `queued` stays true).
-      staged->queued = true;
-      queue_.emplace_back(Clock::now() + std::chrono::milliseconds(100), ino);
-      return;
-    }
-    staged->queued = false;
-    if (!node->attached || !staged->dirty()) {
-      committed_.notify_all();
-      return;
-    }
-    staged->uploading = true;
-    version = staged->version.load();
-    size = staged->size.load();
-    ++status_.uploads_in_flight;
-  }
-  // A streaming upload of this file, if sealed at this very version, already did the work.
-  std::unique_ptr<Stream> stream;
-  {
-    std::lock_guard stream_lock(staged->stream_mutex);
-    stream = std::move(staged->stream);
-    staged->appending = false;  // from now on, uploads happen after close
-    if (stream && !stream->sealed) {
-      stream->aborted = true;
-      stream->more.notify_all();
-    }
-  }
-  if (stream) stream->thread.join();
-  const bool from_stream = stream && stream->sealed && !stream->aborted && stream->version_at_seal == version &&
-                           stream->available == size && stream->result.has_value() && stream->result->has_value();
-  const int fd = staged->fd.get();
+namespace {
+
+// A source over bytes [0, size) of a staging file: sequential and positional reads.
+transfer::UploadSource staging_source(int fd, std::uint64_t size) {
   auto position = std::make_shared<std::uint64_t>(0);
   transfer::UploadRead sequential = [fd, size, position](std::span<std::byte> buffer)
       -> std::expected<std::size_t, std::string> {
@@ -1270,100 +1259,215 @@ void Filesystem::upload_one(Ino ino) {
     if (!got) return std::unexpected(std::string("reading the staging file: ") + std::strerror(got.error()));
     return *got;
   };
-  transfer::Uploader uploader(*services_.write_cas, *services_.hub, services_.dedup_index, options_.upload);
-  auto uploaded = from_stream ? std::move(*stream->result)
-                              : uploader.upload(transfer::UploadSource(std::move(sequential), std::move(positional)));
+  return transfer::UploadSource(std::move(sequential), std::move(positional));
+}
 
-  auto fail = [&](const std::string& message) {  // REQUIRES: mutex_ held
-    --status_.uploads_in_flight;
-    ++status_.upload_failures;
-    status_.last_error = message;
-    ++staged->failures;
-    ++staged->attempts;
-    if (Node* node = find(ino); node != nullptr && node->attached && node->staged == staged) {
-      enqueue(*node, Clock::now() + backoff(staged->attempts));
-    }
-    committed_.notify_all();
+}  // namespace
+
+void Filesystem::upload_group(const std::vector<Ino>& inos) {
+  struct Job {
+    Ino ino = 0;
+    std::shared_ptr<Staged> staged;
+    std::uint64_t version = 0;
+    std::uint64_t size = 0;
+    std::unique_ptr<Stream> stream;
+    xet::Hash hash;
+    std::string path;
+    std::int64_t mtime = 0;
+    bool commit = false;
   };
-
-  std::unique_lock remote(remote_mutex_);
-  std::unique_lock lock(mutex_);
-  struct ClearUploading {
-    Staged& staged;
-    ~ClearUploading() { staged.uploading = false; }
-  } clear_uploading{*staged};
-  Node* node = find(ino);
-  if (!uploaded) {
-    // A source error right after a write means the file changed under the upload: not a failure.
-    if (node != nullptr && staged->version.load() != version) {
-      --status_.uploads_in_flight;
-      if (node->attached && node->open_writers == 0) enqueue(*node);
+  std::vector<Job> jobs;
+  {
+    std::lock_guard lock(mutex_);
+    for (Ino ino : inos) {
+      Node* node = find(ino);
+      if (node == nullptr || !node->staged) continue;
+      auto staged = node->staged;
+      if (staged->uploading) {
+        // Another worker has this file: look again once it is done (the entry taken from the
+        // queue is put back, so `queued` stays true).
+        staged->queued = true;
+        queue_.emplace_back(Clock::now() + std::chrono::milliseconds(100), ino);
+        continue;
+      }
+      staged->queued = false;
+      if (!node->attached || !staged->dirty()) continue;
+      staged->uploading = true;
+      ++status_.uploads_in_flight;
+      Job job;
+      job.ino = ino;
+      job.staged = staged;
+      job.version = staged->version.load();
+      job.size = staged->size.load();
+      jobs.push_back(std::move(job));
+    }
+    if (jobs.empty()) {
       committed_.notify_all();
       return;
     }
-    const std::string path = node != nullptr ? path_of(*node) : std::string("?");
-    log_line("upload of '" + path + "' failed (will retry): " + uploaded.error().describe());
-    fail("upload of '" + path + "' failed: " + uploaded.error().describe());
-    return;
   }
-  if (node == nullptr || !node->attached || node->staged != staged) {
-    --status_.uploads_in_flight;  // deleted or replaced meanwhile: nothing to commit
-    committed_.notify_all();
-    return;
+  // A streaming upload of a file, if sealed at this very version, already did the work.
+  for (auto& job : jobs) {
+    {
+      std::lock_guard stream_lock(job.staged->stream_mutex);
+      job.stream = std::move(job.staged->stream);
+      job.staged->appending = false;  // from now on, uploads happen after close
+      if (job.stream && !job.stream->sealed) {
+        job.stream->aborted = true;
+        job.stream->more.notify_all();
+      }
+    }
+    if (job.stream) job.stream->thread.join();
   }
-  if (staged->version.load() != version) {
-    --status_.uploads_in_flight;  // changed during the upload: the newer version goes next
-    if (node->open_writers == 0) enqueue(*node);
-    committed_.notify_all();
-    return;
-  }
-  const std::string path = path_of(*node);
-  const std::int64_t mtime = staged->mtime_ms.load();
-  const xet::Hash hash = uploaded->file.file_hash;
-  std::vector<hub::BatchOperation> operations = {hub::BatchOperation::add(path, hash, mtime)};
-  if (node->remote_exists && node->remote_path != path) {
-    operations.push_back(hub::BatchOperation::remove(node->remote_path));
-  }
-  lock.unlock();
-  auto committed = commit_batch(operations, "committing '" + path + "'");
-  lock.lock();
-  node = find(ino);
-  if (!committed) {
-    fail(status_.last_error);
-    return;
-  }
-  --status_.uploads_in_flight;
-  ++mutations_;
-  ++status_.files_committed;
-  status_.bytes_committed += size;
-  status_.xorb_bytes_sent += uploaded->session.xorb_bytes_sent;
-  staged->committed_version = version;
-  staged->attempts = 0;
-  if (node != nullptr) {
-    node->remote_exists = true;
-    node->remote_path = path;
-    node->hash = hash;
-    node->remote_size = size;
-    node->remote_mtime_ms = mtime;
-    node->validated_at = Clock::now();
-    node->kernel_cached = hash;  // the kernel saw exactly these bytes being written
-    if (!staged->dirty() && node->open_handles == 0 && node->staged == staged) node->staged.reset();
-    // Its folders are in the bucket now, no longer this mount's own: once another client empties
-    // them they go, as on every other mount (they would otherwise stay here as empty folders).
-    for (Node* at = find(node->parent); at != nullptr && at->ino != kRootIno && at->local_only;
-         at = find(at->parent)) {
-      at->local_only = false;
+  auto streamed = [](const Job& job) {
+    const Stream* stream = job.stream.get();
+    return stream != nullptr && stream->sealed && !stream->aborted && stream->version_at_seal == job.version &&
+           stream->available == job.size && stream->result.has_value() && stream->result->has_value();
+  };
+  std::optional<transfer::UploadError> failure;
+  std::uint64_t xorb_bytes = 0;
+  if (jobs.size() == 1 && streamed(jobs.front())) {
+    const auto& uploaded = **jobs.front().stream->result;
+    jobs.front().hash = uploaded.file.file_hash;
+    xorb_bytes = uploaded.session.xorb_bytes_sent;
+  } else {
+    transfer::UploadSession session(*services_.write_cas, services_.dedup_index, options_.upload);
+    for (auto& job : jobs) {
+      auto added = session.add_file(staging_source(job.staged->fd.get(), job.size));
+      if (!added) {
+        failure = added.error();
+        break;
+      }
+      job.hash = added->file_hash;
+    }
+    if (!failure) {
+      auto finished = session.finish();
+      if (finished) {
+        xorb_bytes = finished->xorb_bytes_sent;
+      } else {
+        failure = finished.error();
+      }
     }
   }
-  const bool drop_record = staged->journaled && !staged->dirty();
-  committed_.notify_all();
-  lock.unlock();
-  {
-    // Later versions of this staged file start from what the bucket now holds.
-    std::lock_guard journal_lock(staged->journal_mutex);
-    staged->base = hash;
+
+  std::unique_lock remote(remote_mutex_);
+  std::unique_lock lock(mutex_);
+  // What happens to a job that is not committed: a file changed meanwhile goes again (that is
+  // not a failure); otherwise it is retried with backoff and fsync waiters get EIO.
+  auto not_committed = [&](Job& job, const std::optional<std::string>& error) {  // REQUIRES: mutex_ held
+    Node* node = find(job.ino);
+    if (node == nullptr || !node->attached || node->staged != job.staged) return;  // deleted or replaced
+    if (job.staged->version.load() != job.version) {
+      if (node->open_writers == 0) enqueue(*node);
+      return;
+    }
+    if (!error) return;
+    ++status_.upload_failures;
+    status_.last_error = *error;
+    ++job.staged->failures;
+    ++job.staged->attempts;
+    enqueue(*node, Clock::now() + backoff(job.staged->attempts));
+  };
+  auto finish = [&] {  // REQUIRES: mutex_ held
+    for (auto& job : jobs) job.staged->uploading = false;
+    status_.uploads_in_flight -= std::min<std::uint64_t>(status_.uploads_in_flight, jobs.size());
+    committed_.notify_all();
+  };
+  if (failure) {
+    std::string what = jobs.size() == 1 ? "'" + path_of_or(jobs.front().ino) + "'"
+                                        : std::to_string(jobs.size()) + " files";
+    bool logged = false;
+    for (auto& job : jobs) {
+      const bool changed = job.staged->version.load() != job.version;
+      if (!changed && !logged) {
+        log_line("upload of " + what + " failed (will retry): " + failure->describe());
+        logged = true;
+      }
+      not_committed(job, "upload of " + what + " failed: " + failure->describe());
+    }
+    finish();
+    return;
   }
-  if (drop_record) journal_remove(staged);
+  std::vector<hub::BatchOperation> operations;
+  for (auto& job : jobs) {
+    Node* node = find(job.ino);
+    if (node == nullptr || !node->attached || node->staged != job.staged ||
+        job.staged->version.load() != job.version) {
+      not_committed(job, std::nullopt);
+      continue;
+    }
+    job.commit = true;
+    job.path = path_of(*node);
+    job.mtime = job.staged->mtime_ms.load();
+    operations.push_back(hub::BatchOperation::add(job.path, job.hash, job.mtime));
+    if (node->remote_exists && node->remote_path != job.path) {
+      operations.push_back(hub::BatchOperation::remove(node->remote_path));
+    }
+  }
+  if (operations.empty()) {
+    finish();
+    return;
+  }
+  const auto committing = std::count_if(jobs.begin(), jobs.end(), [](const Job& job) { return job.commit; });
+  const std::string what = committing == 1 ? "committing '" + std::find_if(jobs.begin(), jobs.end(), [](const Job& job) {
+                                                                return job.commit;
+                                                              })->path + "'"
+                                           : "committing " + std::to_string(committing) + " files";
+  lock.unlock();
+  auto committed = commit_batch(operations, what);
+  lock.lock();
+  if (!committed) {
+    for (auto& job : jobs) {
+      if (job.commit) not_committed(job, status_.last_error);
+    }
+    finish();
+    return;
+  }
+  ++mutations_;
+  status_.xorb_bytes_sent += xorb_bytes;
+  std::vector<std::pair<std::shared_ptr<Staged>, bool>> after;  // (staged, drop its record)
+  for (auto& job : jobs) {
+    if (!job.commit) continue;
+    auto& staged = job.staged;
+    ++status_.files_committed;
+    status_.bytes_committed += job.size;
+    staged->committed_version = job.version;
+    staged->attempts = 0;
+    if (Node* node = find(job.ino); node != nullptr) {
+      node->remote_exists = true;
+      node->remote_path = job.path;
+      node->hash = job.hash;
+      node->remote_size = job.size;
+      node->remote_mtime_ms = job.mtime;
+      node->validated_at = Clock::now();
+      node->kernel_cached = job.hash;  // the kernel saw exactly these bytes being written
+      if (!staged->dirty() && node->open_handles == 0 && node->staged == staged) node->staged.reset();
+      // Its folders are in the bucket now, no longer this mount's own: once another client
+      // empties them they go, as on every other mount.
+      for (Node* at = find(node->parent); at != nullptr && at->ino != kRootIno && at->local_only;
+           at = find(at->parent)) {
+        at->local_only = false;
+      }
+    }
+    after.emplace_back(staged, staged->journaled && !staged->dirty());
+  }
+  finish();
+  lock.unlock();
+  for (std::size_t i = 0, k = 0; i < jobs.size(); ++i) {
+    if (!jobs[i].commit) continue;
+    const auto& [staged, drop_record] = after[k++];
+    {
+      // Later versions of this staged file start from what the bucket now holds.
+      std::lock_guard journal_lock(staged->journal_mutex);
+      staged->base = jobs[i].hash;
+    }
+    if (drop_record) journal_remove(staged);
+  }
+}
+
+std::string Filesystem::path_of_or(Ino ino) const {
+  auto it = nodes_.find(ino);
+  return it == nodes_.end() ? std::string("?") : path_of(*it->second);
 }
 
 std::uint64_t Filesystem::drain(std::chrono::milliseconds timeout) {

@@ -214,7 +214,9 @@ class Filesystem {
   // Bookkeeping of a write for streaming; may start the stream.
   void note_write(const std::shared_ptr<Staged>& staged, std::uint64_t offset, std::size_t length);
   void upload_worker();
-  void upload_one(Ino ino);
+  // Uploads the files (one session, one shard) and commits them in one batch.
+  void upload_group(const std::vector<Ino>& inos);
+  std::string path_of_or(Ino ino) const;  // REQUIRES: mutex_ held
 
   MountServices services_;
   MountOptions options_;
