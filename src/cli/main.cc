@@ -6,6 +6,7 @@
 #include "bucket_commands.h"
 #include "copy_command.h"
 #include "mount_command.h"
+#include "verify_command.h"
 #include "xet_commands.h"
 
 int main(int argc, char** argv) {
@@ -20,6 +21,7 @@ int main(int argc, char** argv) {
   bucketfs::cli::add_copy_command(app);
   bucketfs::cli::add_xet_commands(app);
   bucketfs::cli::add_mount_commands(app);
+  bucketfs::cli::add_verify_commands(app);
   CLI11_PARSE(app, argc, argv);
   return 0;
 }

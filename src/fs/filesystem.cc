@@ -940,11 +940,16 @@ FsResult<void> Filesystem::read(std::uint64_t id, std::uint64_t offset, std::siz
 FsResult<std::size_t> Filesystem::write(std::uint64_t id, std::uint64_t offset, std::span<const std::byte> data) {
   std::shared_ptr<Staged> staged;
   {
-    std::lock_guard lock(mutex_);
+    std::unique_lock lock(mutex_);
     auto it = handles_.find(id);
     if (it == handles_.end()) return std::unexpected(EBADF);
     if (!it->second->writable) return std::unexpected(EBADF);
     staged = it->second->staged;
+    if (!staged) {  // a zero-byte copy replaced the file: its bytes are staged again first
+      auto restaged = staged_for_write(lock, id);
+      if (!restaged) return std::unexpected(restaged.error());
+      staged = *restaged;
+    }
   }
   if (int error = write_all(staged->fd.get(), data.data(), data.size(), offset); error != 0) {
     log_line(std::string("writing a staging file failed: ") + std::strerror(error));
@@ -1014,6 +1019,112 @@ void Filesystem::note_write(const std::shared_ptr<Staged>& staged, std::uint64_t
     std::lock_guard stream_lock(file->stream_mutex);
     stream->result = std::move(result);
   });
+}
+
+FsResult<std::shared_ptr<Staged>> Filesystem::staged_for_write(std::unique_lock<std::mutex>& lock, std::uint64_t id) {
+  auto handle_of = [&]() -> Handle* {
+    auto it = handles_.find(id);
+    return it == handles_.end() ? nullptr : it->second.get();
+  };
+  Handle* handle = handle_of();
+  if (handle == nullptr) return std::unexpected(EBADF);
+  if (handle->staged) return handle->staged;
+  const Ino ino = handle->ino;
+  Node* node = find(ino);
+  if (node == nullptr) return std::unexpected(ESTALE);
+  if (!node->staged) {
+    auto staged = new_staged();
+    if (!staged) return std::unexpected(staged.error());
+    if (node->remote_exists && node->remote_size > 0) {
+      const auto hash = node->hash;
+      const auto size = node->remote_size;
+      lock.unlock();
+      auto fetched = fetch_base(**staged, hash, size);
+      lock.lock();
+      if (!fetched) return std::unexpected(fetched.error());
+      node = find(ino);
+      if (node == nullptr) return std::unexpected(ESTALE);
+    }
+    (*staged)->mtime_ms = node->remote_mtime_ms;
+    if (node->remote_exists) (*staged)->base = node->hash;
+    if (!node->staged) node->staged = std::move(*staged);  // unchanged bytes: not dirty until written
+  }
+  handle = handle_of();
+  if (handle == nullptr) return std::unexpected(EBADF);
+  handle->staged = node->staged;
+  return handle->staged;
+}
+
+FsResult<std::size_t> Filesystem::copy_range(std::uint64_t id_in, std::uint64_t offset_in, std::uint64_t id_out,
+                                             std::uint64_t offset_out, std::uint64_t length) {
+  if (options_.read_only) return std::unexpected(EBADF);
+  std::unique_lock remote(remote_mutex_);
+  std::unique_lock lock(mutex_);
+  auto in = handles_.find(id_in);
+  auto out = handles_.find(id_out);
+  if (in == handles_.end() || out == handles_.end() || !out->second->writable) return std::unexpected(EBADF);
+  const Ino source_ino = in->second->ino;
+  const Ino target_ino = out->second->ino;
+  Node* source = find(source_ino);
+  Node* target = find(target_ino);
+  if (source == nullptr || target == nullptr) return std::unexpected(ESTALE);
+  // Only a whole committed file copied into an empty one is a zero-byte copy; anything else
+  // (partial ranges, a source with unsaved changes, a destination with bytes) is copied by the
+  // kernel with reads and writes.
+  const bool source_committed = !source->directory && source->attached && source->remote_exists &&
+                                source->remote_size > 0 && (!source->staged || !source->staged->dirty());
+  const bool target_empty = !target->directory && target->attached && target->open_writers <= 1 &&
+                            attributes_of(*target).size == 0 &&
+                            (!target->staged || target->staged == out->second->staged);
+  if (!source_committed || !target_empty || source_ino == target_ino || offset_in != 0 || offset_out != 0 ||
+      length < source->remote_size) {
+    return std::unexpected(EOPNOTSUPP);
+  }
+  const xet::Hash hash = source->hash;
+  const std::uint64_t size = source->remote_size;
+  const std::int64_t mtime = now_ms();
+  const std::string from_path = source->remote_path;
+  const std::string to_path = path_of(*target);
+  const std::uint64_t version_before = target->staged ? target->staged->version.load() : 0;
+  const std::vector<hub::BatchOperation> operations = {hub::BatchOperation::add(to_path, hash, mtime)};
+  lock.unlock();
+  if (auto ok = commit_batch(operations, "copying '" + from_path + "' to '" + to_path + "'"); !ok) {
+    return std::unexpected(EOPNOTSUPP);  // copied with reads and writes instead
+  }
+  lock.lock();
+  ++mutations_;
+  ++status_.files_committed;
+  status_.bytes_committed += size;
+  target = find(target_ino);
+  if (target == nullptr) return size;
+  target->remote_exists = true;
+  target->remote_path = to_path;
+  target->hash = hash;
+  target->remote_size = size;
+  target->remote_mtime_ms = mtime;
+  target->validated_at = Clock::now();
+  target->kernel_cached.reset();
+  std::vector<std::shared_ptr<Staged>> dropped;
+  if (target->staged && target->staged->version.load() == version_before) {
+    // The empty staged file is not uploaded: the bucket holds the content now. A later write
+    // through an open descriptor stages the committed bytes again (staged_for_write).
+    dropped.push_back(std::move(target->staged));
+    target->staged.reset();
+    for (auto& old : target->superseded) dropped.push_back(std::move(old));
+    target->superseded.clear();
+    for (auto& [handle_id, handle] : handles_) {
+      if (handle->staged == dropped.front()) handle->staged.reset();
+    }
+  }
+  for (Node* at = find(target->parent); at != nullptr && at->ino != kRootIno && at->local_only; at = find(at->parent)) {
+    at->local_only = false;
+  }
+  lock.unlock();
+  for (auto& old : dropped) {
+    old->abandoned = true;
+    if (old->journaled) journal_remove(old);
+  }
+  return size;
 }
 
 FsResult<void> Filesystem::flush(std::uint64_t id) {

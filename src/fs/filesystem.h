@@ -154,6 +154,11 @@ class Filesystem {
                       const std::function<void(std::span<const std::byte>)>& reply);
   FsResult<std::size_t> write(std::uint64_t handle, std::uint64_t offset, std::span<const std::byte> data);
   FsResult<void> flush(std::uint64_t handle);  // close(2): queue the upload
+  // copy_file_range(2): a whole committed, unchanged file copied to offset 0 of an empty file is
+  // committed at the destination under the source's xet hash (one batch add; no bytes move).
+  // Anything else is EOPNOTSUPP, and the kernel falls back to reading and writing.
+  FsResult<std::size_t> copy_range(std::uint64_t handle_in, std::uint64_t offset_in, std::uint64_t handle_out,
+                                   std::uint64_t offset_out, std::uint64_t length);
   FsResult<void> fsync(std::uint64_t handle);  // wait for the commit
   void release(std::uint64_t handle);
   FsResult<std::vector<DirectoryEntry>> list(Ino ino);  // every child with its attributes
@@ -193,6 +198,9 @@ class Filesystem {
   // Re-reads one file's entry when its TTL expired (close-to-open).
   FsResult<void> revalidate_file(std::unique_lock<std::mutex>& lock, Ino file);
   FsResult<std::shared_ptr<Staged>> new_staged();
+  // The staged file a writable handle writes: its own, or (after a zero-byte copy replaced the
+  // file with committed content) a new one holding the committed bytes. REQUIRES: lock held.
+  FsResult<std::shared_ptr<Staged>> staged_for_write(std::unique_lock<std::mutex>& lock, std::uint64_t handle);
   FsResult<void> fetch_base(Staged& staged, const xet::Hash& hash, std::uint64_t size);
   // Before a closed, journaled, uncommitted version is modified: move the modification to a new
   // staged file (a copy, or empty when `truncate`), so the journaled bytes stay as closed.

@@ -245,6 +245,23 @@ void on_write(fuse_req_t request, fuse_ino_t, const char* data, size_t size, off
   fuse_reply_write(request, *written);
 }
 
+void on_copy_file_range(fuse_req_t request, fuse_ino_t, off_t offset_in, fuse_file_info* info_in, fuse_ino_t,
+                        off_t offset_out, fuse_file_info* info_out, size_t length, int flags) {
+  if (flags != 0) {
+    fuse_reply_err(request, EINVAL);
+    return;
+  }
+  // EOPNOTSUPP (not ENOSYS, which would switch the call off for the whole mount) makes the kernel
+  // copy this range with reads and writes.
+  auto copied = impl_of(request).filesystem.copy_range(info_in->fh, static_cast<std::uint64_t>(offset_in), info_out->fh,
+                                                       static_cast<std::uint64_t>(offset_out), length);
+  if (!copied) {
+    fuse_reply_err(request, copied.error());
+    return;
+  }
+  fuse_reply_write(request, *copied);
+}
+
 void on_flush(fuse_req_t request, fuse_ino_t, fuse_file_info* info) {
   auto done = impl_of(request).filesystem.flush(info->fh);
   fuse_reply_err(request, done ? 0 : done.error());
@@ -414,6 +431,7 @@ const fuse_lowlevel_ops kOperations = [] {
   ops.open = on_open;
   ops.read = on_read;
   ops.write = on_write;
+  ops.copy_file_range = on_copy_file_range;
   ops.flush = on_flush;
   ops.release = on_release;
   ops.fsync = on_fsync;

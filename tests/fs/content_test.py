@@ -1,0 +1,369 @@
+#!/usr/bin/env python3
+"""What content addressing allows (issue 8), on real mounts against a bucketfs-server of each
+test's own:
+
+- zero-byte copy: copy_file_range (cp --reflink=auto, os.copy_file_range) of a whole committed
+  file into an empty one commits the source's xet hash at the new path: no xorb byte sent or
+  fetched (server metrics), the copy reads back identical; partial copies fall back to read+write;
+- atomic checkpoint publish: a writer renames step-N.tmp/ to step-N/ over and over while a reader
+  (the tree API, and a second mount with --metadata-ttl 0) never sees a part of a step;
+- `bucketfs verify`: re-downloads and rehashes, finds a corrupted xorb on the server;
+- `bucketfs warm`: after it, a fresh mount on the same cache dir reads with no xorb-data GET."""
+import hashlib
+import os
+import random
+import re
+import subprocess
+import sys
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import everyday_common as common  # noqa: E402
+from everyday_common import api, harness, MiB  # noqa: E402
+
+BINARY = harness.BINARY
+
+
+def route_requests(server, route):
+    """Requests of one route (every status) from the server's /metrics."""
+    text = api.request("GET", "/metrics", server=server).body.decode()
+    total = 0
+    for line in text.splitlines():
+        if line.startswith('bucketfs_http_requests_total{route="%s"' % route):
+            total += int(float(line.split()[1]))
+    return total
+
+
+def xorb_bytes(server):
+    return harness.metric(server, "bucketfs_xorb_bytes_received_total")
+
+
+def sha256(path):
+    return common.sha256_file(path)
+
+
+def cli(workspace, server, *args, timeout=120):
+    command = [BINARY, *args, "--endpoint", server.base, "--token-file", workspace.tokens["alice"]]
+    env = dict(os.environ)
+    env.pop("HF_TOKEN", None)
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def upload(test, workspace, server, local, remote):
+    result = cli(workspace, server, "cp", "--cache-dir", workspace.path("cp-cache"), local, remote)
+    test.assertEqual(result.returncode, 0, result.stderr)
+
+
+def write_random(path, size, rng):
+    with open(path, "wb") as handle:
+        left = size
+        while left:
+            block = min(left, 8 * MiB)
+            handle.write(rng.randbytes(block))
+            left -= block
+
+
+def copy_range_whole(source, destination):
+    """os.copy_file_range of a whole file into a new one; returns seconds taken."""
+    started = time.monotonic()
+    with open(source, "rb") as src, open(destination, "wb") as dst:
+        size = os.fstat(src.fileno()).st_size
+        done = 0
+        while done < size:
+            n = os.copy_file_range(src.fileno(), dst.fileno(), size - done)
+            if n == 0:
+                break
+            done += n
+    return time.monotonic() - started
+
+
+class ZeroByteCopyTest(unittest.TestCase):
+    def setUp(self):
+        self.rng = random.Random(common.seed_for(self))
+
+    def test_whole_file_copy_sends_and_reads_no_bytes(self):
+        server, workspace, bucket = common.setup(self, "zero-copy")
+        local = workspace.path("big.bin")
+        size = 200 * MiB + 12345
+        write_random(local, size, self.rng)
+        upload(self, workspace, server, local, "hf://buckets/%s/ckpt/big.bin" % bucket)
+        small = workspace.path("small.bin")
+        write_random(small, 3 * MiB + 7, self.rng)
+        upload(self, workspace, server, small, "hf://buckets/%s/small.bin" % bucket)
+        source_hash = common.paths_info(server, bucket, ["ckpt/big.bin"])["ckpt/big.bin"]["xetHash"]
+
+        mount = harness.new_mount(self, server, workspace, bucket)
+        mount.start()
+        source = mount.path("ckpt", "big.bin")
+        self.assertEqual(os.getxattr(source, "user.xet.hash").decode(), source_hash)
+        sent_before, gets_before = xorb_bytes(server), route_requests(server, "cas_xorb_data")
+
+        started = time.monotonic()
+        result = subprocess.run(["cp", "--reflink=auto", source, mount.path("ckpt", "copy-cp.bin")],
+                                capture_output=True, text=True, timeout=120)
+        cp_seconds = time.monotonic() - started
+        self.assertEqual(result.returncode, 0, result.stderr)
+        os.makedirs(mount.path("other"), exist_ok=True)
+        py_seconds = copy_range_whole(source, mount.path("other", "copy-py.bin"))
+        print("zero-byte copy of %d MiB: cp --reflink=auto %.0f ms, os.copy_file_range %.0f ms"
+              % (size // MiB, cp_seconds * 1000, py_seconds * 1000), flush=True)
+        self.assertLess(cp_seconds, 1.0)
+        self.assertLess(py_seconds, 1.0)
+        self.assertEqual(xorb_bytes(server), sent_before, "a zero-byte copy sent xorb bytes")
+        self.assertEqual(route_requests(server, "cas_xorb_data"), gets_before, "a zero-byte copy fetched xorbs")
+
+        for name in ("ckpt/copy-cp.bin", "other/copy-py.bin"):
+            copy = mount.path(*name.split("/"))
+            self.assertEqual(os.stat(copy).st_size, size)
+            self.assertEqual(os.getxattr(copy, "user.xet.hash").decode(), source_hash)
+            self.assertEqual(os.getxattr(copy, "user.xet.size").decode(), str(size))
+        files = common.tree(server, bucket)
+        self.assertEqual(files["ckpt/copy-cp.bin"]["xetHash"], source_hash)
+        self.assertEqual(files["other/copy-py.bin"]["xetHash"], source_hash)
+        self.assertEqual(files["other/copy-py.bin"]["size"], size)
+
+        # A write through the descriptor that made the copy stages the copied bytes again.
+        with open(mount.path("small.bin"), "rb") as src:
+            fd = os.open(mount.path("edited.bin"), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                self.assertEqual(os.copy_file_range(src.fileno(), fd, 3 * MiB + 7), 3 * MiB + 7)
+                os.pwrite(fd, b"EDITED", 1000)
+            finally:
+                os.close(fd)
+        with open(small, "rb") as handle:
+            expected_edit = bytearray(handle.read())
+        expected_edit[1000:1006] = b"EDITED"
+        with open(mount.path("edited.bin"), "rb") as handle:
+            self.assertEqual(hashlib.sha256(handle.read()).hexdigest(), hashlib.sha256(expected_edit).hexdigest())
+
+        # Partial ranges, a destination with bytes and a source with unsaved changes fall back to
+        # the kernel's read+write copy, with the right bytes.
+        with open(small, "rb") as handle:
+            small_bytes = handle.read()
+        with open(mount.path("small.bin"), "rb") as src, open(mount.path("part.bin"), "wb") as dst:
+            self.assertEqual(os.copy_file_range(src.fileno(), dst.fileno(), MiB, MiB, 0), MiB)
+        with open(mount.path("part.bin"), "rb") as handle:
+            self.assertEqual(handle.read(), small_bytes[MiB:2 * MiB])
+        with open(mount.path("small.bin"), "rb") as src, open(mount.path("prefixed.bin"), "wb") as dst:
+            dst.write(b"head")
+            dst.flush()
+            done = 0
+            while done < len(small_bytes):
+                done += os.copy_file_range(src.fileno(), dst.fileno(), len(small_bytes) - done)
+        with open(mount.path("prefixed.bin"), "rb") as handle:
+            self.assertEqual(handle.read(), b"head" + small_bytes)
+        with open(mount.path("dirty.bin"), "wb") as writer:
+            writer.write(b"x" * 5000)
+            writer.flush()
+            with open(mount.path("dirty.bin"), "rb") as src, open(mount.path("dirty-copy.bin"), "wb") as dst:
+                self.assertEqual(os.copy_file_range(src.fileno(), dst.fileno(), 5000), 5000)
+        with open(mount.path("dirty-copy.bin"), "rb") as handle:
+            self.assertEqual(handle.read(), b"x" * 5000)
+
+        # Reads back identical (this fetches the bytes, once).
+        self.assertEqual(sha256(mount.path("ckpt", "copy-cp.bin")), sha256(local))
+        result = mount.unmount()
+        self.assertEqual(result.returncode, 0, result.stderr + mount.log())
+        # The empty staged files of the copies were not uploaded over them after the copy.
+        files = common.tree(server, bucket)
+        self.assertEqual(files["ckpt/copy-cp.bin"]["xetHash"], source_hash)
+        self.assertEqual(files["other/copy-py.bin"]["xetHash"], source_hash)
+        self.assertEqual(files["part.bin"]["size"], MiB)
+
+        again = harness.new_mount(self, server, workspace, bucket, cache_dir=mount.cache_dir, name="again")
+        again.start()
+        self.assertEqual(again.status()[0].get("recovered_files", 0), 0, "a copy left a journal record")
+        self.assertEqual(sha256(again.path("other", "copy-py.bin")), sha256(local))
+
+
+class AtomicPublishTest(unittest.TestCase):
+    FILES = ("model.safetensors", "optimizer.pt", "trainer_state.json")
+
+    def content(self, step, name):
+        return ("step %d %s " % (step, name)).encode() * (50 + step % 7)
+
+    def test_directory_rename_is_all_or_nothing(self):
+        server, workspace, bucket = common.setup(self, "atomic")
+        writer = harness.new_mount(self, server, workspace, bucket, name="writer")
+        writer.start()
+        reader = harness.new_mount(self, server, workspace, bucket, name="reader", extra=("--metadata-ttl", "0"))
+        reader.start()
+        stop = threading.Event()
+        problems = []
+        stats = {"listings": 0, "steps_seen": 0, "mount_checks": 0, "files_read": 0}
+        step_re = re.compile(r"^step-(\d+)$")
+
+        def api_reader():
+            while not stop.is_set():
+                response = api.request("GET", "/api/buckets/%s/tree?recursive=true&limit=10000" % bucket,
+                                       token=api.ALICE_W, server=server)
+                if response.status != 200:
+                    problems.append("tree: %d" % response.status)
+                    return
+                if 'rel="next"' in (response.header("Link") or ""):
+                    problems.append("listing was paged; the check needs one page")
+                    return
+                stats["listings"] += 1
+                per_step = {}
+                for entry in response.json():
+                    if entry["type"] != "file":
+                        continue
+                    top, _, rest = entry["path"].partition("/")
+                    if step_re.match(top):
+                        per_step.setdefault(top, set()).add(rest)
+                for top, names in per_step.items():
+                    stats["steps_seen"] += 1
+                    if names != set(self.FILES):
+                        problems.append("tree API: %s has %s" % (top, sorted(names)))
+
+        def mount_reader():
+            while not stop.is_set():
+                try:
+                    names = os.listdir(reader.mountpoint)
+                except OSError as error:
+                    problems.append("listdir: %s" % error)
+                    return
+                for top in names:
+                    match = step_re.match(top)
+                    if not match:
+                        continue
+                    step = int(match.group(1))
+                    try:
+                        inside = sorted(os.listdir(reader.path(top)))
+                    except FileNotFoundError:
+                        continue
+                    stats["mount_checks"] += 1
+                    if inside != sorted(self.FILES):
+                        problems.append("mount: %s has %s" % (top, inside))
+                        continue
+                    for name in self.FILES:
+                        with open(reader.path(top, name), "rb") as handle:
+                            if handle.read() != self.content(step, name):
+                                problems.append("mount: %s/%s has wrong bytes" % (top, name))
+                        stats["files_read"] += 1
+                    if stop.is_set():
+                        break
+
+        threads = [threading.Thread(target=api_reader), threading.Thread(target=mount_reader)]
+        for thread in threads:
+            thread.start()
+        renames = 0
+        deadline = time.monotonic() + 50
+        try:
+            for step in range(200):
+                if time.monotonic() > deadline or problems:
+                    break
+                tmp = writer.path("step-%d.tmp" % step)
+                os.mkdir(tmp)
+                for name in self.FILES:
+                    with open(os.path.join(tmp, name), "wb") as handle:
+                        handle.write(self.content(step, name))
+                os.rename(tmp, writer.path("step-%d" % step))
+                renames += 1
+        finally:
+            time.sleep(0.5)
+            stop.set()
+            for thread in threads:
+                thread.join(60)
+        print("atomic publish: %d directory renames; tree API: %d listings, %d steps checked; second mount: "
+              "%d steps checked, %d files read" % (renames, stats["listings"], stats["steps_seen"],
+                                                 stats["mount_checks"], stats["files_read"]), flush=True)
+        self.assertEqual(problems, [])
+        self.assertGreaterEqual(renames, 50)
+        self.assertGreater(stats["listings"], 10)
+        self.assertGreater(stats["steps_seen"], 0)
+        self.assertGreater(stats["mount_checks"], 0)
+        files = common.tree(server, bucket)
+        self.assertEqual(len(files), renames * len(self.FILES))
+        self.assertFalse(any(".tmp" in path for path in files))
+
+
+def xorb_files(server):
+    found = set()
+    for directory, _, names in os.walk(server.data):
+        for name in names:
+            if re.fullmatch(r"[0-9a-f]{64}", name):
+                found.add(os.path.join(directory, name))
+    return found
+
+
+class VerifyAndWarmTest(unittest.TestCase):
+    def setUp(self):
+        self.rng = random.Random(common.seed_for(self))
+
+    def test_verify_finds_a_corrupted_xorb(self):
+        server, workspace, bucket = common.setup(self, "verify")
+        sizes = {"a.bin": 5 * MiB + 1, "run/b.bin": 2 * MiB + 3, "run/deep/c.bin": 700_001}
+        uploaded = {}
+        for index, (name, size) in enumerate(sizes.items()):
+            local = workspace.path("file-%d" % index)
+            write_random(local, size, self.rng)
+            before = xorb_files(server)
+            upload(self, workspace, server, local, "hf://buckets/%s/%s" % (bucket, name))
+            uploaded[name] = xorb_files(server) - before
+        result = cli(workspace, server, "verify", "hf://buckets/" + bucket)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertIn("verified 3 files", result.stdout)
+        self.assertIn("3 ok, 0 mismatches, 0 errors", result.stdout)
+        result = cli(workspace, server, "verify", "hf://buckets/%s/run" % bucket)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertIn("verified 2 files", result.stdout)
+        result = cli(workspace, server, "verify", "hf://buckets/%s/run/b.bin" % bucket)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertIn("verified 1 files", result.stdout)
+        result = cli(workspace, server, "verify", "hf://buckets/%s/nothing-here" % bucket)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("no such file", result.stderr)
+
+        # Flip one byte in the middle of run/b.bin's xorb, on the server's disk.
+        self.assertTrue(uploaded["run/b.bin"])
+        for path in uploaded["run/b.bin"]:
+            with open(path, "r+b") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                handle.seek(size // 2)
+                byte = handle.read(1)
+                handle.seek(size // 2)
+                handle.write(bytes([byte[0] ^ 0x5A]))
+        result = cli(workspace, server, "verify", "hf://buckets/" + bucket)
+        self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+        self.assertIn("MISMATCH hf://buckets/%s/run/b.bin" % bucket, result.stdout)
+        self.assertIn("2 ok, 1 mismatches, 0 errors", result.stdout)
+        self.assertNotIn("a.bin", result.stdout.replace("run/b.bin", ""))
+
+    def test_warm_then_a_fresh_mount_reads_without_xorb_requests(self):
+        server, workspace, bucket = common.setup(self, "warm")
+        sizes = {"ckpt/model.bin": 40 * MiB + 17, "ckpt/optim.bin": 9 * MiB, "ckpt/state.json": 12_345,
+                 "other.bin": 3 * MiB}
+        locals_ = {}
+        for index, (name, size) in enumerate(sizes.items()):
+            local = workspace.path("file-%d" % index)
+            write_random(local, size, self.rng)
+            upload(self, workspace, server, local, "hf://buckets/%s/%s" % (bucket, name))
+            locals_[name] = local
+        cache_dir = workspace.path("node-cache")
+        result = cli(workspace, server, "warm", "--cache-dir", cache_dir, "hf://buckets/%s/ckpt" % bucket)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        print("warm: " + result.stdout.strip(), flush=True)
+        self.assertIn("warmed 3 of 3 files", result.stdout)
+        self.assertNotIn("not cacheable", result.stdout)
+        result = cli(workspace, server, "warm", "--cache-dir", cache_dir, "hf://buckets/%s/ckpt" % bucket)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertIn("0 B fetched", result.stdout)
+        print("warm again: " + result.stdout.strip(), flush=True)
+
+        gets_before = route_requests(server, "cas_xorb_data")
+        mount = harness.new_mount(self, server, workspace, bucket, cache_dir=cache_dir, name="fresh")
+        mount.start("--read-only")
+        for name in ("ckpt/model.bin", "ckpt/optim.bin", "ckpt/state.json"):
+            self.assertEqual(sha256(mount.path(*name.split("/"))), sha256(locals_[name]), name)
+        self.assertEqual(route_requests(server, "cas_xorb_data"), gets_before,
+                         "the job's reads fetched xorb ranges after warm")
+        # What was not warmed is fetched.
+        self.assertEqual(sha256(mount.path("other.bin")), sha256(locals_["other.bin"]))
+        self.assertGreater(route_requests(server, "cas_xorb_data"), gets_before)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
