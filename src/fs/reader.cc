@@ -54,7 +54,35 @@ void RemoteReader::start_stream(std::uint64_t offset) {
   stream->ring = pool_.acquire();
   stream->capacity = pool_.capacity();
   stream->tail = stream->head = stream->keep_from = offset;
-  stream->thread = std::thread([this, stream, offset] {
+  // A whole file that fits the ring is downloaded with download_file, which checks the file hash
+  // at the end, and its bytes are published only then: every chunk is verified even when the
+  // file's chunks sit in the middle of xorbs shared with other files (no xorb hash covers them).
+  const bool whole = offset == 0 && size_ <= stream->capacity;
+  stream->thread = std::thread([this, stream, offset, whole] {
+    if (whole) {
+      std::size_t filled = 0;
+      auto done = downloader_.download_file(hash_, size_, [&](std::span<const std::byte> piece) {
+        {
+          std::lock_guard lock(stream->mutex);
+          if (stream->cancelled) return false;
+        }
+        if (piece.size() > size_ - filled) return false;  // more bytes than the file has
+        std::memcpy(stream->ring.get() + filled, piece.data(), piece.size());
+        filled += piece.size();
+        return true;
+      });
+      {
+        std::lock_guard lock(stream->mutex);
+        stream->done = true;
+        if (done) {
+          stream->head = size_;
+        } else if (done.error().kind != transfer::DownloadErrorKind::cancelled) {
+          stream->error = done.error();
+        }
+      }
+      stream->changed.notify_all();
+      return;
+    }
     auto done = downloader_.read_range(hash_, size_, {offset, size_}, [stream](std::span<const std::byte> piece) {
       std::size_t at = 0;
       while (at < piece.size()) {

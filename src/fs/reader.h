@@ -9,6 +9,10 @@
 // from the ring as they arrive, and the download waits while the ring is full. So the network,
 // decompression and hashing run ahead of the application, within bounded memory.
 //
+// A file no larger than the ring, read from its start, is downloaded whole and its bytes are
+// handed out only after its file hash checked (so chunks in xorbs shared with other files, which
+// no xorb hash covers, are verified too).
+//
 // Any other read is random: its bytes are fetched alone (rounded up to 128 KiB) and nothing is
 // prefetched; a stream far from the read is cancelled. Reads a little behind the stream (the
 // kernel's readahead arrives out of order) are served from the bytes the ring still holds.
