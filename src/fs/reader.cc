@@ -8,6 +8,8 @@ namespace {
 constexpr std::size_t kRandomWindow = std::size_t{128} << 10;
 // Bytes a stream keeps behind the newest read, for readahead requests that arrive late.
 constexpr std::uint64_t kKeepBehind = std::uint64_t{4} << 20;
+// Contiguous reads that start a stream (a read at offset 0 starts one at once).
+constexpr std::uint64_t kStreamAfter = std::uint64_t{4} << 20;
 }  // namespace
 
 std::unique_ptr<std::byte[]> WindowPool::acquire() {
@@ -151,21 +153,29 @@ std::optional<transfer::DownloadResult<void>> RemoteReader::read_stream(
 
 transfer::DownloadResult<void> RemoteReader::read_direct(std::uint64_t offset, std::size_t length,
                                                          const std::function<void(std::span<const std::byte>)>& reply) {
-  const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(std::max(length, kRandomWindow), size_ - offset));
-  scratch_.resize(want);
+  if (offset >= direct_start_ && offset + length <= direct_start_ + direct_.size()) {
+    reply({direct_.data() + (offset - direct_start_), length});
+    return {};
+  }
+  // Contiguous reads that have not earned a stream yet fetch growing windows (up to 4 MiB).
+  const std::size_t window = static_cast<std::size_t>(std::clamp<std::uint64_t>(run_bytes_, kRandomWindow, kStreamAfter));
+  const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(std::max(length, window), size_ - offset));
+  direct_.resize(want);
+  direct_start_ = offset;
   std::size_t filled = 0;
   auto done = downloader_.read_range(hash_, size_, {offset, offset + want}, [&](std::span<const std::byte> piece) {
     if (piece.size() > want - filled) return false;
-    std::memcpy(scratch_.data() + filled, piece.data(), piece.size());
+    std::memcpy(direct_.data() + filled, piece.data(), piece.size());
     filled += piece.size();
     return true;
   });
-  if (!done) return std::unexpected(done.error());
-  if (filled != want) {
+  if (!done || filled != want) {
+    direct_.clear();
+    if (!done) return std::unexpected(done.error());
     return std::unexpected(transfer::DownloadError{transfer::DownloadErrorKind::corrupt, {},
                                                    "a range read returned " + std::to_string(filled) + " bytes"});
   }
-  reply({scratch_.data(), length});
+  reply({direct_.data(), length});
   return {};
 }
 
@@ -181,9 +191,10 @@ transfer::DownloadResult<void> RemoteReader::read(std::uint64_t offset, std::siz
     last_end_ = offset + length;
     return *served;
   }
-  const bool sequential = offset == last_end_;
+  const bool contiguous = offset == last_end_;
+  run_bytes_ = contiguous ? run_bytes_ + length : length;
   last_end_ = offset + length;
-  if (sequential) {
+  if (offset == 0 || (contiguous && run_bytes_ >= kStreamAfter)) {
     stop_stream();
     start_stream(offset);
     if (auto served = read_stream(offset, length, reply); served) return *served;

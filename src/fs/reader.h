@@ -2,8 +2,8 @@
 // Reads of one open remote file (a xet hash and size that do not change while it is open)
 // (DESIGN.md "A read").
 //
-// Sequential reading streams: the first read at offset 0, or a read that continues where the
-// last one ended, starts ONE background download of the rest of the file (Downloader::read_range
+// Sequential reading streams: once contiguous reads add up to 4 MiB (at once for a read from
+// offset 0), ONE background download of the rest of the file (Downloader::read_range
 // from that offset to the end: one reconstruction request, parallel verified range fetches,
 // whole xorbs into the chunk cache) into a ring buffer of `ring_bytes`; reads take their bytes
 // from the ring as they arrive, and the download waits while the ring is full. So the network,
@@ -13,8 +13,9 @@
 // handed out only after its file hash checked (so chunks in xorbs shared with other files, which
 // no xorb hash covers, are verified too).
 //
-// Any other read is random: its bytes are fetched alone (rounded up to 128 KiB) and nothing is
-// prefetched; a stream far from the read is cancelled. Reads a little behind the stream (the
+// Any other read is random: its bytes are fetched alone (at least 128 KiB, doubling while reads
+// stay contiguous, and kept for the next read) and nothing is prefetched; a stream far from the
+// read is cancelled. Reads a little behind the stream (the
 // kernel's readahead arrives out of order) are served from the bytes the ring still holds.
 //
 // Ring buffers come from a WindowPool shared by every reader of a mount and are reused (fresh
@@ -96,7 +97,11 @@ class RemoteReader {
   std::mutex mutex_;  // serializes read()
   std::unique_ptr<Stream> stream_;
   std::uint64_t last_end_ = 0;
+  std::uint64_t run_bytes_ = 0;  // length of the current run of contiguous reads
   std::vector<std::byte> scratch_;
+  // The bytes of the last direct fetch, file offsets [direct_start_, direct_start_ + direct_.size()).
+  std::vector<std::byte> direct_;
+  std::uint64_t direct_start_ = 0;
 };
 
 }  // namespace bucketfs::fs
