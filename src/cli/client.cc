@@ -17,6 +17,9 @@ namespace {
 http::CurlTransportOptions transport_options() {
   http::CurlTransportOptions options;
   options.user_agent = std::string("bucketfs/") + BUCKETFS_VERSION;
+  if (const char* stall = std::getenv("BUCKETFS_HTTP_STALL_TIMEOUT_MS"); stall && *stall) {
+    options.stall_timeout = std::chrono::milliseconds(std::strtoll(stall, nullptr, 10));
+  }
   return options;
 }
 }  // namespace

@@ -490,7 +490,7 @@ Result<Response> CurlTransport::Impl::perform(const Request& request, const Canc
   CancellationToken::Registration wake;
   if (cancel != nullptr) wake = cancel->on_cancel([multi] { curl_multi_wakeup(multi); });
 
-  const auto stall = request.timeouts.stall;
+  const auto stall = options.stall_timeout.count() > 0 ? options.stall_timeout : request.timeouts.stall;
   auto last_progress = Clock::now();
   curl_off_t last_count = -1;
   bool cancelled = false;

@@ -11,6 +11,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <thread>
 
 #include "bucketfs/naming/naming.h"
 #include "bucketfs/xet/shard.h"
@@ -1215,27 +1216,66 @@ std::expected<std::unique_ptr<BucketServer>, std::string> BucketServer::open(Buc
   return server;
 }
 
-bool BucketServer::inject_fault(const HttpRequest& request) {
-  if (options_.fault_rate <= 0 || request.raw_path == "/metrics") return false;
+std::uint64_t BucketServer::next_fault_random() {
   std::lock_guard lock(fault_mutex_);
   // SplitMix64 step: a reproducible stream for a given seed.
   fault_state_ += 0x9E3779B97F4A7C15ULL;
   std::uint64_t z = fault_state_ ^ options_.fault_seed;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  z ^= z >> 31;
-  return static_cast<double>(z >> 11) / 9007199254740992.0 < options_.fault_rate;
+  return z ^ (z >> 31);
+}
+
+bool BucketServer::inject_fault(const HttpRequest& request) {
+  if (options_.fault_rate <= 0 || request.raw_path == "/metrics") return false;
+  return static_cast<double>(next_fault_random() >> 11) / 9007199254740992.0 < options_.fault_rate;
 }
 
 RouteDecision BucketServer::decide(const HttpRequest& request) {
   const std::string& raw = request.raw_path;
   if (inject_fault(request)) {
-    static constexpr int kStatuses[] = {500, 503, 429};
-    const int status = kStatuses[std::hash<std::string>{}(raw + request.method) % 3];
-    HttpResponse response = error_response(status, "injected fault");
-    if (status == 429) response.headers.set("Retry-After", "0");
-    metrics_.count_request("injected_fault", status);
-    return RouteDecision::respond(std::move(response));
+    using O = BucketServerOptions;
+    const bool get = request.method == "GET";
+    std::vector<unsigned> kinds;
+    for (const unsigned kind : {O::kFaultStatus, O::kFaultReset, O::kFaultStall, O::kFaultTruncate, O::kFaultFlip}) {
+      if ((options_.fault_kinds & kind) == 0) continue;
+      if (kind == O::kFaultTruncate && !get) continue;
+      if (kind == O::kFaultFlip && !(get && raw.starts_with("/xorb-data/"))) continue;
+      kinds.push_back(kind);
+    }
+    const unsigned kind = kinds.empty() ? 0 : kinds[next_fault_random() % kinds.size()];
+    if (kind == O::kFaultStatus) {
+      static constexpr int kStatuses[] = {500, 503, 429};
+      const int status = kStatuses[next_fault_random() % 3];
+      HttpResponse response = error_response(status, "injected fault");
+      if (status == 429) response.headers.set("Retry-After", "0");
+      metrics_.count_request("injected_fault", status);
+      metrics_.count_fault("status");
+      return RouteDecision::respond(std::move(response));
+    }
+    if (kind == O::kFaultReset) {
+      metrics_.count_fault("reset");
+      return RouteDecision::close_connection();
+    }
+    if (kind == O::kFaultStall) {
+      metrics_.count_fault("stall");
+      std::this_thread::sleep_for(std::chrono::milliseconds(options_.fault_stall_ms));
+    } else if (kind == O::kFaultTruncate || kind == O::kFaultFlip) {
+      // A GET has no body: handle it now and damage the answer.
+      HttpRequest copy = request;
+      HttpResponse response = handle(std::move(copy));
+      const std::uint64_t length = response.body_length();
+      if (kind == O::kFaultTruncate) {
+        metrics_.count_fault("truncate");
+        if (length == 0) return RouteDecision::close_connection();
+        response.truncate_body_at = next_fault_random() % length;
+      } else if (length > 0 && (response.status == 200 || response.status == 206) &&
+                 std::holds_alternative<FileBody>(response.body)) {
+        metrics_.count_fault("flip");
+        response.flip_body_byte_at = next_fault_random() % length;
+      }
+      return RouteDecision::respond(std::move(response));
+    }
   }
   std::size_t limit = kSmallBody;
   if (request.method == "POST") {

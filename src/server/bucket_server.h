@@ -33,9 +33,20 @@ struct BucketServerOptions {
   std::string tokens_file;  // empty: DATA/tokens, created with a write token for `local`
   std::int64_t cas_token_lifetime_seconds = 3600;
   // Fault injection for tests of clients (--inject-faults): this share of requests (all routes
-  // but /metrics) is answered with 500, 503 or 429 (Retry-After: 0) before anything is done.
+  // but /metrics) gets one fault of a kind drawn from `fault_kinds` among those that apply to it:
+  //  - status: answered 500, 503 or 429 (Retry-After: 0) before anything is done;
+  //  - reset: the connection is closed without an answer (the request is not handled);
+  //  - stall: nothing is sent for `fault_stall_ms`, then the request is handled as usual (a client
+  //    whose stall timeout is shorter gives up first);
+  //  - truncate (GET only): the response announces its Content-Length, sends a part of the body and
+  //    closes the connection (an empty body: the connection is closed without an answer);
+  //  - flip (GET of a signed xorb URL only): one byte of the xorb bytes sent is inverted.
+  // Each injected fault is counted in /metrics (bucketfs_injected_faults_total{kind}).
   double fault_rate = 0;
   std::uint64_t fault_seed = 1;
+  enum FaultKind : unsigned { kFaultStatus = 1, kFaultReset = 2, kFaultStall = 4, kFaultTruncate = 8, kFaultFlip = 16 };
+  unsigned fault_kinds = kFaultStatus;
+  std::int64_t fault_stall_ms = 31000;  // past the client's 30 s stall timeout
   std::int64_t signed_url_lifetime_seconds = 3600;
   // Clock (unix milliseconds); replaceable so tests can expire tokens.
   std::function<std::int64_t()> now_ms;
@@ -66,6 +77,7 @@ class BucketServer {
   HttpResponse dispatch(HttpRequest& request, std::string& route);
 
   bool inject_fault(const HttpRequest& request);
+  std::uint64_t next_fault_random();  // SplitMix64 over fault_state_
 
   BucketServerOptions options_;
   std::mutex fault_mutex_;

@@ -606,6 +606,7 @@ struct HttpServer::Impl {
       } catch (...) {
         return answer(connection, state, handler_failed(request, "unknown exception"));
       }
+      if (decision.closes()) return MHD_NO;  // libmicrohttpd closes the connection, no answer
       if (auto& response = decision.response()) return answer(connection, state, std::move(*response));
       limit = decision.max_body();
     }
@@ -690,6 +691,9 @@ struct HttpServer::Impl {
   // Turns `response` into a libmicrohttpd response; may replace it by an error answer (a file that
   // cannot be opened, a range outside the file). nullptr when out of memory.
   MHD_Response* prepare(HttpResponse& response, const HttpRequest& request) {
+    if (response.truncate_body_at || response.flip_body_byte_at) {
+      if (!tamper(response, request)) return prepare(response, request);  // replaced by an error answer
+    }
     MHD_Response* made = nullptr;
     std::string content_type;  // set for multipart bodies
     if (std::holds_alternative<std::monostate>(response.body)) {
@@ -769,6 +773,60 @@ struct HttpServer::Impl {
     if (!content_type.empty()) MHD_add_response_header(made, "Content-Type", content_type.c_str());
     if (stopping.load(std::memory_order_relaxed)) MHD_add_response_header(made, "Connection", "close");
     return made;
+  }
+
+  // Fault injection: turns a string, file or stream body into a stream body that flips one byte
+  // and/or fails after `truncate_body_at` bytes (the connection is then closed mid-body). Returns
+  // false when `response` was replaced by an error answer (a file that cannot be opened).
+  bool tamper(HttpResponse& response, const HttpRequest& request) {
+    const auto truncate = response.truncate_body_at;
+    const auto flip = response.flip_body_byte_at;
+    response.truncate_body_at.reset();
+    response.flip_body_byte_at.reset();
+    StreamReader source;
+    std::uint64_t length = 0;
+    if (auto* text = std::get_if<std::string>(&response.body)) {
+      auto owned = std::make_shared<const std::string>(std::move(*text));
+      length = owned->size();
+      source = [owned](std::uint64_t position, char* out, std::size_t size) -> std::int64_t {
+        const std::size_t n = std::min<std::size_t>(size, owned->size() - static_cast<std::size_t>(position));
+        std::memcpy(out, owned->data() + position, n);
+        return static_cast<std::int64_t>(n);
+      };
+    } else if (auto* file = std::get_if<FileBody>(&response.body)) {
+      auto opened = open_range(file->fd, file->path, {file->range}, /*allow_empty=*/true, request);
+      if (!opened) {
+        response = std::move(opened.error());
+        return false;
+      }
+      auto fd = std::make_shared<const FileHandle>(opened->first);
+      const std::uint64_t offset = file->range.offset;
+      length = file->range.length;
+      source = [fd, offset, length](std::uint64_t position, char* out, std::size_t size) -> std::int64_t {
+        const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(size, length - position));
+        const ssize_t got = ::pread(fd->fd(), out, n, static_cast<off_t>(offset + position));
+        return got > 0 ? static_cast<std::int64_t>(got) : -1;
+      };
+    } else if (auto* stream = std::get_if<StreamBody>(&response.body)) {
+      length = stream->length;
+      source = std::move(stream->read);
+    } else {
+      return true;  // empty or multipart: sent unchanged
+    }
+    response.body = StreamBody{
+        length, [source = std::move(source), truncate, flip](std::uint64_t position, char* out,
+                                                            std::size_t size) -> std::int64_t {
+          if (truncate) {
+            if (position >= *truncate) return -1;  // closes the connection: a short body
+            size = static_cast<std::size_t>(std::min<std::uint64_t>(size, *truncate - position));
+          }
+          const std::int64_t n = source(position, out, size);
+          if (n > 0 && flip && *flip >= position && *flip < position + static_cast<std::uint64_t>(n)) {
+            out[*flip - position] = static_cast<char>(~out[*flip - position]);
+          }
+          return n;
+        }};
+    return true;
   }
 
   // Opens the file of a file body (a dup of `fd`, or `path`) and checks that `ranges` lie inside it

@@ -159,6 +159,12 @@ struct HttpResponse {
   // body's length as Content-Length (also for HEAD, where the body itself is not sent).
   Headers headers;
   std::variant<std::monostate, std::string, FileBody, MultipartFileBody, StreamBody> body;
+  // Fault injection (bucketfs-server --inject-faults), for testing clients. When either is set the
+  // body is sent through user space (no sendfile); multipart bodies ignore both.
+  // Send Content-Length as usual, then only this many body bytes, then close the connection.
+  std::optional<std::uint64_t> truncate_body_at;
+  // Invert the body byte at this position (every bit), keeping the length.
+  std::optional<std::uint64_t> flip_body_byte_at;
 
   // The number of body bytes (what Content-Length says); for a multipart body, the framed length.
   // For a file body with `path`, the range's length (the file is not opened here).
@@ -195,6 +201,13 @@ class RouteDecision {
   static RouteDecision accept() { return RouteDecision(std::nullopt, std::nullopt); }
   // Answer now (401, 404, 413...) without reading the body; handle() is not called.
   static RouteDecision respond(HttpResponse response) { return RouteDecision(std::nullopt, std::move(response)); }
+  // Close the connection without answering (fault injection: the client sees a reset).
+  static RouteDecision close_connection() {
+    RouteDecision decision(std::nullopt, std::nullopt);
+    decision.close_ = true;
+    return decision;
+  }
+  bool closes() const { return close_; }
 
   const std::optional<std::size_t>& max_body() const { return max_body_; }
   const std::optional<HttpResponse>& response() const { return response_; }
@@ -205,6 +218,7 @@ class RouteDecision {
       : max_body_(max_body), response_(std::move(response)) {}
   std::optional<std::size_t> max_body_;
   std::optional<HttpResponse> response_;
+  bool close_ = false;
 };
 
 // ---- The server ----------------------------------------------------------------------------------------

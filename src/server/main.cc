@@ -52,7 +52,8 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(std::int64_t{1}, std::int64_t{7} * 24 * 3600));
   app.add_option("--inject-faults", faults,
-                 "For client tests: 'rate=R[,seed=N]' answers a share R of requests with 500, 503 or 429");
+                 "For client tests: 'rate=R[,seed=N][,kinds=K+K...][,stall_ms=MS]' gives a share R of requests a "
+                 "fault: status (500, 503 or 429; the default), reset, stall, truncate, flip (xorb bytes)");
   app.set_version_flag("--version", std::string("bucketfs-server ") + BUCKETFS_VERSION);
   CLI11_PARSE(app, argc, argv);
 
@@ -87,11 +88,30 @@ int main(int argc, char** argv) {
           options.fault_rate = std::stod(value);
         } else if (key == "seed") {
           options.fault_seed = std::stoull(value);
+        } else if (key == "stall_ms") {
+          options.fault_stall_ms = std::stoll(value);
+          if (options.fault_stall_ms < 0) throw std::invalid_argument(key);
+        } else if (key == "kinds") {
+          using O = bucketfs::server::BucketServerOptions;
+          options.fault_kinds = 0;
+          for (std::size_t at = 0; at <= value.size();) {
+            const auto plus = value.find('+', at);
+            const std::string kind = value.substr(at, plus == std::string::npos ? std::string::npos : plus - at);
+            if (kind == "status") options.fault_kinds |= O::kFaultStatus;
+            else if (kind == "reset") options.fault_kinds |= O::kFaultReset;
+            else if (kind == "stall") options.fault_kinds |= O::kFaultStall;
+            else if (kind == "truncate") options.fault_kinds |= O::kFaultTruncate;
+            else if (kind == "flip") options.fault_kinds |= O::kFaultFlip;
+            else if (kind == "all") options.fault_kinds |= 31;
+            else throw std::invalid_argument(kind);
+            if (plus == std::string::npos) break;
+            at = plus + 1;
+          }
         } else {
           throw std::invalid_argument(key);
         }
       } catch (const std::exception&) {
-        std::fprintf(stderr, "bucketfs-server: --inject-faults: cannot use '%s' (expected rate=R[,seed=N])\n",
+        std::fprintf(stderr, "bucketfs-server: --inject-faults: cannot use '%s' (expected rate=R[,seed=N][,kinds=status+reset+stall+truncate+flip][,stall_ms=MS])\n",
                      item.c_str());
         return 2;
       }

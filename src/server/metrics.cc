@@ -7,6 +7,11 @@ void Metrics::count_request(const std::string& route, int status) {
   ++requests_[{route, status}];
 }
 
+void Metrics::count_fault(const std::string& kind) {
+  std::lock_guard lock(mutex_);
+  ++faults_[kind];
+}
+
 std::string Metrics::render(std::uint64_t stored_count, std::uint64_t stored_bytes) const {
   std::string out;
   auto counter = [&](const char* name, const char* help, std::uint64_t value, const char* type = "counter") {
@@ -27,6 +32,13 @@ std::string Metrics::render(std::uint64_t stored_count, std::uint64_t stored_byt
   for (const auto& [key, value] : requests_) {
     out += "bucketfs_http_requests_total{route=\"" + key.first + "\",status=\"" + std::to_string(key.second) +
            "\"} " + std::to_string(value) + "\n";
+  }
+  if (!faults_.empty()) {
+    out += "# HELP bucketfs_injected_faults_total Faults injected by --inject-faults, by kind.\n";
+    out += "# TYPE bucketfs_injected_faults_total counter\n";
+    for (const auto& [kind, value] : faults_) {
+      out += "bucketfs_injected_faults_total{kind=\"" + kind + "\"} " + std::to_string(value) + "\n";
+    }
   }
   return out;
 }

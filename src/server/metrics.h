@@ -22,6 +22,8 @@ class Metrics {
   std::atomic<std::uint64_t> shards_accepted{0};
 
   void count_request(const std::string& route, int status);
+  // A fault injected by --inject-faults, by kind ("status", "reset", "stall", "truncate", "flip").
+  void count_fault(const std::string& kind);
 
   // The exposition text; `stored_count` / `stored_bytes` are the distinct xorbs on disk.
   std::string render(std::uint64_t stored_count, std::uint64_t stored_bytes) const;
@@ -29,6 +31,7 @@ class Metrics {
  private:
   mutable std::mutex mutex_;
   std::map<std::pair<std::string, int>, std::uint64_t> requests_;  // GUARDED_BY(mutex_)
+  std::map<std::string, std::uint64_t> faults_;                     // GUARDED_BY(mutex_)
 };
 
 }  // namespace bucketfs::server

@@ -350,6 +350,8 @@ struct Downloader::Impl {
   std::atomic<std::uint64_t> chunks_cached{0};
   std::atomic<std::uint64_t> uncached_ranges{0};
   std::atomic<std::uint64_t> refreshes{0};
+  std::atomic<std::uint64_t> refetches{0};
+  std::atomic<std::uint64_t> confirmations{0};
   std::atomic<std::uint64_t> peak_buffer_bytes{0};
   std::atomic<std::uint64_t> peak_in_flight{0};
 };
@@ -629,6 +631,19 @@ class Call {
   }
 
   DownloadResult<void> fetch(Job& job, WorkerScratch& scratch) {
+    // Refetches after bytes that did not verify (framing, decompression, sizes, a short body) and
+    // after two fetches of an unverifiable range that disagree. The first confirming fetch of an
+    // unverifiable range is not counted.
+    int refetches = 0;
+    bool confirming = false;
+    std::vector<std::vector<xet::Hash>> earlier;  // chunk hashes of the unverified ranges of the last fetch
+    auto retry = [&](const DownloadError& error) -> std::optional<DownloadError> {
+      if (refetches >= impl_.options.max_refetches || stop_token_.cancelled()) return error;
+      ++refetches;
+      impl_.refetches.fetch_add(1, std::memory_order_relaxed);
+      job.ranges.assign(plan_.fetches[job.fetch].ranges.size(), DecodedRange{});
+      return std::nullopt;
+    };
     while (true) {
       xet::XorbFetch entry;
       std::uint64_t generation = 0;
@@ -649,34 +664,75 @@ class Call {
           },
           &stop_token_);
       impl_.bytes_fetched.fetch_add(received, std::memory_order_relaxed);
-      if (decoder.error()) return std::unexpected(*decoder.error());
-      if (!fetched) {
+      std::optional<DownloadError> bad;
+      if (decoder.error()) {
+        bad = *decoder.error();
+      } else if (!fetched) {
         if (fetched.error().kind == hub::HubErrorKind::url_expired) {
           if (auto refreshed = refresh(generation); !refreshed) return refreshed;
           job.ranges.assign(entry.ranges.size(), DecodedRange{});
           continue;
         }
-        return std::unexpected(from_hub(fetched.error()));
+        // A body of the wrong length or status (the transport already retried network errors).
+        if (fetched.error().kind != hub::HubErrorKind::bad_response) return std::unexpected(from_hub(fetched.error()));
+        bad = corrupt("xorb " + short_hash(entry.xorb) + ": " + fetched.error().message);
+      } else if (auto failed = decoder.finish()) {
+        bad = *failed;
       }
-      if (auto bad = decoder.finish()) return std::unexpected(*bad);
+      if (bad) {
+        if (auto given_up = retry(*bad)) return std::unexpected(*given_up);
+        continue;
+      }
+      const std::vector<bool> verified = verify(job, entry);
+      if (impl_.options.confirm_unverified) {
+        std::vector<std::vector<xet::Hash>> unverified;
+        for (std::size_t r = 0; r < entry.ranges.size(); ++r) {
+          if (!verified[r]) unverified.push_back(job.ranges[r].hashes);
+        }
+        if (!unverified.empty() && unverified != earlier) {
+          // First sight, or a disagreement with the previous fetch: fetch again and compare.
+          const bool first = !confirming;
+          confirming = true;
+          earlier = std::move(unverified);
+          impl_.confirmations.fetch_add(1, std::memory_order_relaxed);
+          if (first) {
+            job.ranges.assign(entry.ranges.size(), DecodedRange{});
+            continue;
+          }
+          if (auto given_up = retry(corrupt("xorb " + short_hash(entry.xorb) +
+                                            ": two fetches of a range that cannot be checked against the xorb hash "
+                                            "disagree"))) {
+            return std::unexpected(*given_up);
+          }
+          continue;
+        }
+      }
       impl_.fetches.fetch_add(1, std::memory_order_relaxed);
-      store(job, entry);
+      store(job, entry, verified);
       return {};
     }
   }
 
-  // Puts the ranges that verify as whole xorbs into the cache (see the header).
-  void store(const Job& job, const xet::XorbFetch& entry) {
+  // Which fetched ranges verify as whole xorbs: they start at chunk 0 and the xorb hash of their
+  // chunks is the entry's (see the header).
+  std::vector<bool> verify(const Job& job, const xet::XorbFetch& entry) const {
+    std::vector<bool> verified(entry.ranges.size(), false);
     for (std::size_t r = 0; r < entry.ranges.size(); ++r) {
       const DecodedRange& range = job.ranges[r];
-      bool verified = false;
-      if (entry.ranges[r].chunks.start == 0) {
-        std::vector<xet::HashAndSize> leaves;
-        leaves.reserve(range.sizes.size());
-        for (std::size_t i = 0; i < range.sizes.size(); ++i) leaves.push_back({range.hashes[i], range.sizes[i]});
-        verified = xet::xorb_hash(leaves) == entry.xorb;
-      }
-      if (!verified) {
+      if (entry.ranges[r].chunks.start != 0) continue;
+      std::vector<xet::HashAndSize> leaves;
+      leaves.reserve(range.sizes.size());
+      for (std::size_t i = 0; i < range.sizes.size(); ++i) leaves.push_back({range.hashes[i], range.sizes[i]});
+      verified[r] = xet::xorb_hash(leaves) == entry.xorb;
+    }
+    return verified;
+  }
+
+  // Puts the ranges that verified as whole xorbs into the cache (see the header).
+  void store(const Job& job, const xet::XorbFetch& entry, const std::vector<bool>& verified) {
+    for (std::size_t r = 0; r < entry.ranges.size(); ++r) {
+      const DecodedRange& range = job.ranges[r];
+      if (!verified[r]) {
         impl_.uncached_ranges.fetch_add(1, std::memory_order_relaxed);
         continue;
       }
@@ -821,6 +877,8 @@ DownloadStats Downloader::stats() const {
   out.chunks_cached = impl_->chunks_cached.load();
   out.uncached_ranges = impl_->uncached_ranges.load();
   out.reconstruction_refreshes = impl_->refreshes.load();
+  out.refetches = impl_->refetches.load();
+  out.confirmations = impl_->confirmations.load();
   out.peak_buffer_bytes = impl_->peak_buffer_bytes.load();
   out.peak_in_flight = impl_->peak_in_flight.load();
   return out;

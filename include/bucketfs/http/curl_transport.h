@@ -17,6 +17,7 @@
 // Buffered response bodies come from a pool of reusable buffers (see Body), returned when the Body
 // is destroyed; fresh pages cost ~10 us each on our VMs (PERF-NOTES trap 1).
 
+#include <chrono>
 #include <cstddef>
 #include <memory>
 #include <string>
@@ -33,6 +34,9 @@ struct CurlTransportOptions {
   long max_redirects = 5;
   // Certificate bundle for https (empty: the system default). For tests and on-premises servers.
   std::string ca_file;
+  // When non-zero, replaces Request::timeouts.stall of every request (the CLI sets it from
+  // $BUCKETFS_HTTP_STALL_TIMEOUT_MS, for tests of stalling servers and very slow links).
+  std::chrono::milliseconds stall_timeout{0};
 };
 
 class CurlTransport final : public Transport {

@@ -44,8 +44,15 @@
 //  * Cache hits were verified by ChunkCache, which hashes every chunk it returns and compares
 //    it with the hash stored at put(); for download_file those verified hashes (with the sizes)
 //    feed the file hash, so a cached chunk is hashed once, not twice.
-//  * A corrupt response is not retried: the call fails and the caller may try again (the cache
-//    holds nothing from the failed range, so a retry fetches again).
+//  * A fetch whose bytes fail these checks (framing, decompression, sizes, a body of the wrong
+//    length) is fetched again, up to `max_refetches` times per job; then the call fails (kind
+//    corrupt). Nothing of a failed fetch is cached or handed to the sink.
+//  * A range that cannot be checked against its xorb hash (a part of a xorb) is, with
+//    `confirm_unverified`, fetched twice and used only when both fetches give the same chunk
+//    hashes (else fetched again, within `max_refetches`). That catches bytes damaged in transit
+//    (a proxy, the injected faults of bucketfs-server), not a xorb damaged at rest on the server:
+//    the protocol gives clients no hash of a part of a xorb. It doubles the transfer of such
+//    ranges. Ranges verified by their xorb hash are fetched once.
 //
 // Signed URLs: a fetch answered 403 (url_expired) makes the call fetch the reconstruction again
 // (at most `max_reconstruction_refreshes` times per call), take the new URLs of the same entries
@@ -101,6 +108,10 @@ struct DownloaderOptions {
   // Bytes of decoded data one call may hold (jobs in flight + waiting in order), see the top.
   std::size_t buffer_budget = std::size_t{256} << 20;
   int max_reconstruction_refreshes = 2;
+  // Fetches of a job again after bytes that did not verify or unverifiable fetches that disagree.
+  int max_refetches = 3;
+  // Confirm every range that cannot be verified by its xorb hash with a second fetch (see the top).
+  bool confirm_unverified = true;
   // Cancels every call of this Downloader (may be null; must outlive the Downloader).
   const http::CancellationToken* cancel = nullptr;
 };
@@ -115,6 +126,8 @@ struct DownloadStats {
   std::uint64_t chunks_cached = 0;          // chunks put into the cache
   std::uint64_t uncached_ranges = 0;        // fetched ranges not cached (unverifiable part of a xorb)
   std::uint64_t reconstruction_refreshes = 0;  // after url_expired
+  std::uint64_t refetches = 0;              // fetches repeated after bytes that did not verify
+  std::uint64_t confirmations = 0;          // second fetches of ranges no xorb hash could verify
   std::uint64_t peak_buffer_bytes = 0;      // largest bytes of buffers one call held at once
   std::uint64_t peak_in_flight = 0;         // most jobs materializing at once in one call
 };
