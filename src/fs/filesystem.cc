@@ -446,16 +446,22 @@ FsResult<void> Filesystem::fetch_base(Staged& staged, const xet::Hash& hash, std
 
 // ---- Operations --------------------------------------------------------------------------------
 
-FsResult<Attributes> Filesystem::lookup(Ino parent, const std::string& name) {
-  std::unique_lock lock(mutex_);
+FsResult<Node*> Filesystem::child_of(std::unique_lock<std::mutex>& lock, Ino parent, const std::string& name) {
   if (auto ok = refresh_directory(lock, parent); !ok) return std::unexpected(ok.error());
   Node* directory = find(parent);
   auto it = directory->children.find(name);
   if (it == directory->children.end()) return std::unexpected(ENOENT);
   Node* child = find(it->second);
   if (child == nullptr) return std::unexpected(ENOENT);
-  ++child->lookups;
-  return attributes_of(*child);
+  return child;
+}
+
+FsResult<Attributes> Filesystem::lookup(Ino parent, const std::string& name) {
+  std::unique_lock lock(mutex_);
+  auto child = child_of(lock, parent, name);
+  if (!child) return std::unexpected(child.error());
+  ++(*child)->lookups;
+  return attributes_of(**child);
 }
 
 bool Filesystem::remember(Ino parent, const std::string& name, Ino ino) {
@@ -577,13 +583,10 @@ FsResult<Attributes> Filesystem::mkdir(Ino parent, const std::string& name) {
 FsResult<void> Filesystem::rmdir(Ino parent, const std::string& name) {
   if (options_.read_only) return std::unexpected(EROFS);
   std::unique_lock lock(mutex_);
-  if (auto ok = refresh_directory(lock, parent); !ok) return std::unexpected(ok.error());
-  Node* directory = find(parent);
-  auto it = directory->children.find(name);
-  if (it == directory->children.end()) return std::unexpected(ENOENT);
-  const Ino ino = it->second;
-  Node* child = find(ino);
-  if (child == nullptr) return std::unexpected(ENOENT);
+  auto found = child_of(lock, parent, name);
+  if (!found) return std::unexpected(found.error());
+  Node* child = *found;
+  const Ino ino = child->ino;
   if (!child->directory) return std::unexpected(ENOTDIR);
   if (auto ok = refresh_directory(lock, ino); !ok) return std::unexpected(ok.error());
   child = find(ino);
@@ -598,13 +601,10 @@ FsResult<void> Filesystem::unlink(Ino parent, const std::string& name) {
   if (options_.read_only) return std::unexpected(EROFS);
   std::unique_lock remote(remote_mutex_);
   std::unique_lock lock(mutex_);
-  if (auto ok = refresh_directory(lock, parent); !ok) return std::unexpected(ok.error());
-  Node* directory = find(parent);
-  auto it = directory->children.find(name);
-  if (it == directory->children.end()) return std::unexpected(ENOENT);
-  const Ino ino = it->second;
-  Node* node = find(ino);
-  if (node == nullptr) return std::unexpected(ENOENT);
+  auto found = child_of(lock, parent, name);
+  if (!found) return std::unexpected(found.error());
+  Node* node = *found;
+  const Ino ino = node->ino;
   if (node->directory) return std::unexpected(EISDIR);
   if (node->remote_exists) {
     const std::vector<hub::BatchOperation> operations = {hub::BatchOperation::remove(node->remote_path)};
@@ -639,12 +639,10 @@ FsResult<void> Filesystem::rename(Ino parent, const std::string& name, Ino new_p
     // A directory is published whole: commit what is pending under it first (without holding
     // remote_mutex_, which the commits need).
     std::unique_lock lock(mutex_);
-    if (auto ok = refresh_directory(lock, parent); !ok) return std::unexpected(ok.error());
-    Node* directory = find(parent);
-    auto it = directory->children.find(name);
-    if (it == directory->children.end()) return std::unexpected(ENOENT);
-    Node* source = find(it->second);
-    if (source != nullptr && source->directory) {
+    auto found = child_of(lock, parent, name);
+    if (!found) return std::unexpected(found.error());
+    Node* source = *found;
+    if (source->directory) {
       std::vector<std::pair<std::shared_ptr<Staged>, std::uint64_t>> pending;
       std::vector<Node*> stack = {source};
       while (!stack.empty()) {

@@ -195,6 +195,9 @@ class Filesystem {
 
   // Lists `directory` from the bucket when its listing expired. Takes and releases the lock.
   FsResult<void> refresh_directory(std::unique_lock<std::mutex>& lock, Ino directory);
+  // The child `name` of directory `parent`, after refreshing the listing when it expired; ENOENT
+  // when there is none. Takes and releases the lock.
+  FsResult<Node*> child_of(std::unique_lock<std::mutex>& lock, Ino parent, const std::string& name);
   // Re-reads one file's entry when its TTL expired (close-to-open).
   FsResult<void> revalidate_file(std::unique_lock<std::mutex>& lock, Ino file);
   FsResult<std::shared_ptr<Staged>> new_staged();
