@@ -16,7 +16,7 @@ while (($#)); do
 done
 
 bash packaging/install-deps.sh
-if [ -f build/build.ninja ]; then meson setup --reconfigure build >/dev/null; else meson setup build >/dev/null; fi
+if [ -f build/build.ninja ]; then meson setup --reconfigure build -Dbenchmarks=true >/dev/null; else meson setup build -Dbenchmarks=true >/dev/null; fi
 ninja -C build -j2 bench/xet_bench >/dev/null
 
 work=$(mktemp -d /dev/shm/bucketfs-bench.XXXXXX)

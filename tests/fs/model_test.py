@@ -19,7 +19,7 @@ Documented differences that are modelled:
   * hard links and symlinks are not supported: the model never makes them.
 
 Env: BUCKETFS_MODEL_SEED (default: random, always printed), BUCKETFS_MODEL_OPS (default 25000),
-BUCKETFS_MODEL_SECONDS (time bound of the random phase, default 70), BUCKETFS_MODEL_HALF (the
+BUCKETFS_MODEL_SECONDS (time bound of the random phase, default 45), BUCKETFS_MODEL_HALF (the
 step of the halfway remount; printed with a mismatch, for an exact replay).
 On a mismatch the seed, the step and the last 20 operations are printed."""
 import collections
@@ -38,7 +38,7 @@ from mount_harness import Workspace, create_bucket, new_mount, start_server, met
 
 SEED = int(os.environ.get("BUCKETFS_MODEL_SEED") or random.SystemRandom().randrange(1 << 32))
 OPS = int(os.environ.get("BUCKETFS_MODEL_OPS", "25000"))
-SECONDS = float(os.environ.get("BUCKETFS_MODEL_SECONDS", "70"))
+SECONDS = float(os.environ.get("BUCKETFS_MODEL_SECONDS", "45"))
 # The step of the remount halfway through (default: half the operations or half the time).
 HALF = int(os.environ["BUCKETFS_MODEL_HALF"]) if os.environ.get("BUCKETFS_MODEL_HALF") else None
 MAX_OPEN = 8
