@@ -12,6 +12,8 @@ import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "server"))
 import http_api_test as api  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support"))
+import unittest_runner  # noqa: E402
 
 BINARY = os.environ["BUCKETFS_BINARY"]
 MiB = 1 << 20
@@ -104,13 +106,5 @@ class CopyFaultsTest(unittest.TestCase):
               "identical, %d failed cleanly, 0 wrong" % (flips, ok, failed), file=sys.stderr, flush=True)
 
 
-def main():
-    suite = unittest.defaultTestLoader.loadTestsFromModule(sys.modules[__name__])
-    result = unittest.TextTestRunner(stream=sys.stderr, verbosity=2).run(suite)
-    failed = len(result.failures) + len(result.errors)
-    print(f"{result.testsRun - failed} passed, {failed} failed", flush=True)
-    return 0 if failed == 0 and result.testsRun > 0 else 1
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(unittest_runner.run(__name__))

@@ -24,6 +24,7 @@ import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support"))
 import mount_harness as h  # noqa: E402
+import unittest_runner  # noqa: E402
 
 WRITER = r'''
 import hashlib, os, random, sys
@@ -145,4 +146,4 @@ class CrashTest(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    sys.exit(unittest_runner.run(__name__))

@@ -15,6 +15,8 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import everyday_common as common  # noqa: E402
 from everyday_common import harness, MiB  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support"))
+import unittest_runner  # noqa: E402
 
 TRAINER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples", "checkpoint_trainer.py")
 ARGS = ["--steps", "60", "--save-every", "5", "--keep", "3", "--seed", "7", "--backend", "python"]
@@ -90,4 +92,4 @@ class CheckpointExampleTest(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    sys.exit(unittest_runner.run(__name__))

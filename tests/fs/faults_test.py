@@ -27,6 +27,8 @@ import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support"))
 from mount_harness import MiB, Workspace, api, metric, new_mount  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support"))
+import unittest_runner  # noqa: E402
 
 # Stalls of 5 s against a client that gives up after 4 s without a byte: the stall fault really
 # exceeds the client's timeout, at a cost the suite can afford.
@@ -359,16 +361,5 @@ class FaultsTest(unittest.TestCase):
               "next fsync; an interrupted read %s" % how, file=sys.stderr, flush=True)
 
 
-def main():
-    if len(sys.argv) > 1:
-        suite = unittest.defaultTestLoader.loadTestsFromNames(sys.argv[1:], sys.modules[__name__])
-    else:
-        suite = unittest.defaultTestLoader.loadTestsFromModule(sys.modules[__name__])
-    result = unittest.TextTestRunner(stream=sys.stderr, verbosity=2).run(suite)
-    failed = len(result.failures) + len(result.errors)
-    print(f"{result.testsRun - failed} passed, {failed} failed", flush=True)
-    return 0 if failed == 0 and result.testsRun > 0 else 1
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(unittest_runner.run(__name__))

@@ -16,6 +16,8 @@ import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support"))
 from mount_harness import Workspace, api, create_bucket, new_mount, start_server  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support"))
+import unittest_runner  # noqa: E402
 
 TTL = 1.0
 BUCKET = "alice/multi"
@@ -269,14 +271,5 @@ class MultiMountTest(unittest.TestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
 
 
-def main():
-    suite = unittest.defaultTestLoader.loadTestsFromModule(sys.modules[__name__])
-    result = unittest.TextTestRunner(stream=sys.stderr, verbosity=2).run(suite)
-    failed = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)
-    passed = result.testsRun - failed - len(result.skipped) - len(result.expectedFailures)
-    print("%d passed, %d failed" % (max(passed, 0), failed), flush=True)
-    return 0 if failed == 0 and result.testsRun > 0 else 1
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(unittest_runner.run(__name__))
