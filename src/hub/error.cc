@@ -73,7 +73,8 @@ HubError from_http(const http::Error& error, std::string_view subject,
 }
 
 HubError bad_response(std::string_view subject, std::string_view detail) {
-  return HubError{HubErrorKind::bad_response, 0, std::string(subject) + ": " + std::string(detail)};
+  // The detail may quote the server (an entry's path): keep the message one line.
+  return HubError{HubErrorKind::bad_response, 0, scrub(std::string(subject) + ": " + std::string(detail), {})};
 }
 
 std::optional<nlohmann::json> parse_json(std::string_view text) {

@@ -25,8 +25,9 @@ void append_escaped(std::string& out, unsigned char c) {
   out.push_back(kHex[c & 15]);
 }
 
+// Only digits: from_chars would also take a leading '-' ("T-1:00:00Z" as hour -1).
 bool parse_digits(std::string_view text, int& out) {
-  if (text.empty()) return false;
+  if (text.empty() || text.front() < '0' || text.front() > '9') return false;
   auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
   return ec == std::errc() && end == text.data() + text.size();
 }
@@ -64,8 +65,11 @@ std::string strip_quotes(std::string_view text) {
   return std::string(text);
 }
 
-// A tree or paths-info item. nullopt: an item of a type this client does not know (skipped).
-HubResult<std::optional<TreeEntry>> parse_entry(const json& item, std::string_view subject) {
+}  // namespace
+
+namespace detail {
+
+HubResult<std::optional<TreeEntry>> parse_tree_entry(const json& item, std::string_view subject) {
   if (!item.is_object()) return std::unexpected(detail::bad_response(subject, "an entry is not a JSON object"));
   auto type = string_field(item, "type");
   auto path = string_field(item, "path");
@@ -90,6 +94,10 @@ HubResult<std::optional<TreeEntry>> parse_entry(const json& item, std::string_vi
   entry.file.mtime_ms = time_field(item, "mtime");
   return entry;
 }
+
+}  // namespace detail
+
+namespace {
 
 HubResult<BucketInfo> parse_bucket(const json& item, std::string_view subject) {
   if (!item.is_object()) return std::unexpected(detail::bad_response(subject, "bucket info is not a JSON object"));
@@ -445,7 +453,7 @@ HubResult<void> HubClient::for_each_tree_entry(const naming::BucketId& id, std::
       },
       [&](const json& page) -> HubResult<bool> {
         for (const auto& item : page) {
-          auto entry = parse_entry(item, subject);
+          auto entry = detail::parse_tree_entry(item, subject);
           if (!entry) return std::unexpected(entry.error());
           if (!*entry) continue;
           if (!visit(std::move(**entry))) return false;
@@ -488,7 +496,7 @@ HubResult<std::vector<FileEntry>> HubClient::paths_info(const naming::BucketId& 
     auto value = detail::parse_json(response->body.text());
     if (!value || !value->is_array()) return std::unexpected(detail::bad_response(subject, "the answer is not a JSON array"));
     for (const auto& item : *value) {
-      auto entry = parse_entry(item, subject);
+      auto entry = detail::parse_tree_entry(item, subject);
       if (!entry) return std::unexpected(entry.error());
       if (*entry && !(*entry)->is_directory()) out.push_back(std::move((*entry)->file));
     }

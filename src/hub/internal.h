@@ -9,6 +9,7 @@
 
 #include "bucketfs/http/http.h"
 #include "bucketfs/hub/error.h"
+#include "bucketfs/hub/hub_client.h"
 
 namespace bucketfs::hub::detail {
 
@@ -28,5 +29,12 @@ HubError bad_response(std::string_view subject, std::string_view detail);
 
 // A JSON body, or nullopt when it does not parse.
 std::optional<nlohmann::json> parse_json(std::string_view text);
+
+// One item of a tree listing or paths-info answer. nullopt: an item of a type this client does not
+// know (skipped). A bad_response error (one line, naming `subject`) when the item is not an object,
+// lacks a string 'type' or 'path', or is a file without a non-negative integer 'size' and a
+// 64-hex-digit 'xetHash'. 'mtime' and 'uploadedAt' are kept only when they parse
+// (parse_iso8601_ms).
+HubResult<std::optional<TreeEntry>> parse_tree_entry(const nlohmann::json& item, std::string_view subject);
 
 }  // namespace bucketfs::hub::detail

@@ -16,6 +16,7 @@
 #include "bucketfs/naming/naming.h"
 #include "bucketfs/xet/shard.h"
 #include "bucketfs/xet/xorb.h"
+#include "batch_request.h"
 
 namespace bucketfs::server {
 namespace {
@@ -26,8 +27,6 @@ constexpr std::size_t kSmallBody = 1 << 20;                 // JSON and NDJSON r
 constexpr std::size_t kBatchBody = 64 << 20;                // batches of many lines
 constexpr std::size_t kXorbBody = xet::kMaxXorbSize + (8 << 20);  // chunks plus an optional footer
 constexpr std::size_t kShardBody = xet::kMaxShardSize + (1 << 20);
-constexpr std::int64_t kMinMtimeMs = -62135596800000;  // 0001-01-01T00:00:00.000Z
-constexpr std::int64_t kMaxMtimeMs = 253402300799999;   // 9999-12-31T23:59:59.999Z
 constexpr std::size_t kListDefaultLimit = 1000;
 constexpr std::size_t kListMaxLimit = 10000;
 // Xorbs in one global dedup answer: the one holding the chunk and up to this many in all.
@@ -357,59 +356,10 @@ class Handlers {
   HttpResponse batch(const std::string& id, const HubToken* token) {
     auto bucket = writable_bucket(id, token);
     if (!bucket) return bucket.error();
-    std::vector<BatchOperation> operations;
-    std::vector<BatchFailure> failures;
-    std::size_t line_number = 0;
-    for (auto& line : split(request_.body, '\n')) {
-      ++line_number;
-      if (!line.empty() && line.back() == '\r') line.pop_back();
-      if (line.find_first_not_of(" \t") == std::string::npos) continue;
-      const std::string where = "line " + std::to_string(line_number);
-      auto value = json::parse(line, nullptr, false);
-      if (value.is_discarded() || !value.is_object()) return error_response(400, where + ": not a JSON object");
-      const auto type = value.value("type", std::string());
-      if (!value.contains("path") || !value["path"].is_string()) return error_response(400, where + ": 'path' must be a string");
-      BatchOperation op;
-      op.path = value["path"].get<std::string>();
-      if (type == "addFile" || type == "copyFile") {
-        op.kind = type == "addFile" ? BatchOperation::Kind::kAdd : BatchOperation::Kind::kCopy;
-        if (!value.contains("xetHash") || !value["xetHash"].is_string()) {
-          return error_response(400, where + ": 'xetHash' must be a 64-digit hex string");
-        }
-        auto hash = parse_hash(value["xetHash"].get<std::string>());
-        if (!hash) return error_response(400, where + ": 'xetHash' must be a 64-digit hex string");
-        op.xet_hash = *hash;
-        if (value.contains("mtime")) {
-          if (!value["mtime"].is_number_integer()) return error_response(400, where + ": 'mtime' must be integer milliseconds");
-          op.mtime_ms = value["mtime"].get<std::int64_t>();
-          // Years 0001 to 9999: what ISO-8601 with a four-digit year (the clients' parsers) can carry.
-          const bool too_large = value["mtime"].is_number_unsigned() &&
-                                 value["mtime"].get<std::uint64_t>() > static_cast<std::uint64_t>(kMaxMtimeMs);
-          if (too_large || *op.mtime_ms < kMinMtimeMs || *op.mtime_ms > kMaxMtimeMs) {
-            return error_response(400, where + ": 'mtime' must be Unix milliseconds within years 0001 to 9999");
-          }
-        }
-        if (value.contains("contentType")) {
-          if (!value["contentType"].is_string()) return error_response(400, where + ": 'contentType' must be a string");
-          op.content_type = value["contentType"].get<std::string>();
-        }
-        if (op.kind == BatchOperation::Kind::kCopy) {
-          const auto source_type = value.value("sourceRepoType", std::string("bucket"));
-          const auto source = value.value("sourceRepoId", std::string());
-          if (source_type != "bucket") {
-            failures.push_back({op.path, "copyFile from a " + source_type + " is not supported by bucketfs-server"});
-            continue;
-          }
-          if (!naming::parse_bucket_id(source)) return error_response(400, where + ": 'sourceRepoId' must be ns/name");
-          op.source_bucket = source;
-        }
-      } else if (type == "deleteFile") {
-        op.kind = BatchOperation::Kind::kDelete;
-      } else {
-        return error_response(400, where + ": unknown operation type '" + type + "'");
-      }
-      operations.push_back(std::move(op));
-    }
+    auto parsed = parse_batch_request(request_.body);
+    if (!parsed) return error_response(400, parsed.error());
+    std::vector<BatchOperation> operations = std::move(parsed->operations);
+    std::vector<BatchFailure> failures = std::move(parsed->failures);
     auto readable = [&](const std::string& source) {
       auto other = s_.metadata_.bucket(source);
       if (!other || !*other) return false;

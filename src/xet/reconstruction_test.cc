@@ -3,10 +3,16 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
 #include <map>
 #include <random>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 namespace bucketfs::xet {
 namespace {
@@ -980,6 +986,437 @@ TEST(ReconstructionRandom, CutsReproduceTheReferenceBytes) {
       }
     }
   }
+}
+
+// ---- Random mutation ------------------------------------------------------------------------------
+// Valid responses of every shape (v1, v2, Range answers, batches), mutated as bytes and as JSON
+// trees. Every parse must end in a typed error naming a field, or in a value that keeps the
+// parsers' promises (reconstruction.h): ranges non-empty and ascending, every term covered, lengths
+// that fit 64 bits, an offset inside the terms, and plans and copy spans that stay in bounds.
+// Run under ASan/UBSan (scripts/test.sh does) to catch out-of-bounds reads and overflows.
+
+double fuzz_seconds() {
+  const char* text = std::getenv("BUCKETFS_FUZZ_SECONDS");
+  if (text == nullptr || *text == '\0') return 2.0;
+  return std::max(0.05, std::atof(text));
+}
+
+using Json = nlohmann::json;
+
+Hash random_hash(std::mt19937_64& rng) {
+  Hash hash;
+  for (auto& b : hash.bytes) b = static_cast<std::uint8_t>(rng());
+  return hash;
+}
+
+// A JSON node with where it sits, so a mutation can replace, remove or rename it.
+struct JsonNode {
+  Json* value;
+  Json* parent;  // nullptr for the root
+  std::string key;  // when the parent is an object
+  std::size_t index = 0;  // when the parent is an array
+};
+
+void collect_nodes(Json& value, Json* parent, std::string key, std::size_t index, std::vector<JsonNode>& out) {
+  out.push_back({&value, parent, key, index});
+  if (value.is_object()) {
+    for (auto it = value.begin(); it != value.end(); ++it) collect_nodes(*it, &value, it.key(), 0, out);
+  } else if (value.is_array()) {
+    for (std::size_t i = 0; i < value.size(); ++i) collect_nodes(value[i], &value, {}, i, out);
+  }
+}
+
+Json interesting_number(std::mt19937_64& rng) {
+  switch (rng() % 14) {
+    case 0: return 0;
+    case 1: return 1;
+    case 2: return -1;
+    case 3: return std::numeric_limits<std::uint64_t>::max();
+    case 4: return std::numeric_limits<std::uint64_t>::max() - 1;
+    case 5: return std::uint64_t{1} << 63;
+    case 6: return std::numeric_limits<std::int64_t>::min();
+    case 7: return std::uint64_t{1} << 32;
+    case 8: return 1e30;
+    case 9: return 0.5;
+    case 10: return -0.0;
+    case 11: return std::uint64_t{0xFFFFFFFF};
+    case 12: return rng() % 64;
+    default: return rng();
+  }
+}
+
+Json wrong_type(std::mt19937_64& rng) {
+  switch (rng() % 6) {
+    case 0: return nullptr;
+    case 1: return true;
+    case 2: return "12";
+    case 3: return Json::array();
+    case 4: return Json::object();
+    default: return Json::array({Json::object({{"start", 0}, {"end", 1}})});
+  }
+}
+
+std::string mutated_key(std::string key, std::mt19937_64& rng) {
+  switch (rng() % 5) {
+    case 0:
+      if (!key.empty()) key[rng() % key.size()] = "0123456789abcdefABCDEFxz"[rng() % 24];
+      break;
+    case 1:
+      if (!key.empty()) key.pop_back();
+      break;
+    case 2: key += "0"; break;
+    case 3: key = ""; break;
+    default: key = std::string(64, 'f'); break;
+  }
+  return key;
+}
+
+// One JSON-aware mutation of `root`: a number made extreme or nudged, a value of the wrong type, a
+// key removed or renamed (hash keys too), an array element dropped or repeated, or a value copied
+// over another (a splice within the tree).
+void mutate_json(Json& root, std::mt19937_64& rng) {
+  std::vector<JsonNode> nodes;
+  collect_nodes(root, nullptr, {}, 0, nodes);
+  const JsonNode node = nodes[rng() % nodes.size()];
+  switch (rng() % 8) {
+    case 0:
+      if (node.value->is_number()) {
+        *node.value = interesting_number(rng);
+        break;
+      }
+      [[fallthrough]];
+    case 1:
+      *node.value = wrong_type(rng);
+      break;
+    case 2:  // remove
+      if (node.parent == nullptr) break;
+      if (node.parent->is_object()) node.parent->erase(node.key);
+      else node.parent->erase(node.index);
+      break;
+    case 3:  // repeat an array element, or add a second copy of an object member under a new key
+      if (node.parent == nullptr) break;
+      if (node.parent->is_array()) {
+        node.parent->insert(node.parent->begin() + static_cast<std::ptrdiff_t>(node.index), Json(*node.value));
+      } else {
+        (*node.parent)[mutated_key(node.key, rng)] = Json(*node.value);
+      }
+      break;
+    case 4:  // rename a key
+      if (node.parent != nullptr && node.parent->is_object()) {
+        Json moved = std::move(*node.value);
+        node.parent->erase(node.key);
+        (*node.parent)[mutated_key(node.key, rng)] = std::move(moved);
+      }
+      break;
+    case 5: {  // copy another node's value here
+      const Json copy = *nodes[rng() % nodes.size()].value;
+      *node.value = copy;
+      break;
+    }
+    case 6:  // nudge a number
+      if (node.value->is_number_unsigned()) {
+        const std::uint64_t v = node.value->get<std::uint64_t>();
+        const std::uint64_t nudged[] = {v + 1, v - 1, v * 2, v / 2, v + 1000000};
+        *node.value = nudged[rng() % std::size(nudged)];
+      }
+      break;
+    case 7:  // empty a container
+      if (node.value->is_object()) *node.value = Json::object();
+      else if (node.value->is_array()) *node.value = Json::array();
+      break;
+  }
+}
+
+// One byte-level mutation of the text: flips, structural characters, inserts, deletes, truncation,
+// and a splice of another seed's bytes.
+void mutate_text(std::string& text, const std::vector<std::string>& seeds, std::mt19937_64& rng) {
+  const std::size_t size = text.size();
+  switch (rng() % 7) {
+    case 0:
+      if (size) text[rng() % size] ^= static_cast<char>(1u << (rng() % 8));
+      break;
+    case 1: {
+      static constexpr std::string_view kSignificant = "{}[]\":,-+.eE0123456789 \\u";
+      if (size) text[rng() % size] = kSignificant[rng() % kSignificant.size()];
+      break;
+    }
+    case 2: {
+      static const char* const kInserts[] = {"-", "9", "99999999999999999999", ",", "\"", "{", "]", "null",
+                                             "\\u0000", "1e400", ".5"};
+      text.insert(size ? rng() % (size + 1) : 0, kInserts[rng() % std::size(kInserts)]);
+      break;
+    }
+    case 3:
+      if (size) text.erase(rng() % size, 1 + rng() % 32);
+      break;
+    case 4:
+      text.resize(size ? rng() % size : 0);
+      break;
+    default: {  // splice: a piece of another seed in place of a piece of this one
+      const std::string& other = seeds[rng() % seeds.size()];
+      if (!size || other.empty()) break;
+      const std::size_t at = rng() % size, from = rng() % other.size();
+      const std::size_t cut = std::min<std::size_t>(size - at, rng() % 128);
+      text.replace(at, cut, other.substr(from, rng() % 128));
+      break;
+    }
+  }
+}
+
+// "" when `r` keeps the promises of a parsed reconstruction, else what it breaks.
+std::string reconstruction_problem(const Reconstruction& r) {
+  for (std::size_t f = 0; f < r.fetches.size(); ++f) {
+    const XorbFetch& fetch = r.fetches[f];
+    const std::string where = "fetch " + std::to_string(f);
+    if (f > 0 && fetch.xorb.to_string() < r.fetches[f - 1].xorb.to_string()) return where + " out of xorb order";
+    if (fetch.ranges.empty()) return where + " has no ranges";
+    for (std::size_t i = 0; i < fetch.ranges.size(); ++i) {
+      const XorbByteRange& range = fetch.ranges[i];
+      if (range.chunks.start >= range.chunks.end) return where + " has an empty chunk range";
+      if (range.bytes.last < range.bytes.first || range.bytes.last == std::numeric_limits<std::uint64_t>::max())
+        return where + " has a bad byte range";
+      if (i > 0 && (range.chunks.start < fetch.ranges[i - 1].chunks.end ||
+                    range.bytes.first <= fetch.ranges[i - 1].bytes.last))
+        return where + " has ranges out of order";
+    }
+  }
+  std::uint64_t total = 0;
+  for (std::size_t t = 0; t < r.terms.size(); ++t) {
+    const ReconstructionTerm& term = r.terms[t];
+    const std::string where = "term " + std::to_string(t);
+    if (term.chunks.start >= term.chunks.end) return where + " has an empty chunk range";
+    if (term.unpacked_length > std::numeric_limits<std::uint64_t>::max() - total) return where + " overflows the total";
+    total += term.unpacked_length;
+    bool covered = false;
+    for (const XorbFetch& fetch : r.fetches)
+      for (const XorbByteRange& range : fetch.ranges)
+        covered = covered || (fetch.xorb == term.xorb && range.chunks.contains(term.chunks));
+    if (!covered) return where + " is not covered";
+  }
+  if (r.offset_into_first_range != 0 && r.offset_into_first_range >= total) return "offset outside the terms";
+  if (total != r.total_unpacked_length()) return "total_unpacked_length disagrees";
+  return {};
+}
+
+// The v1 form of `r`: one range per entry.
+Reconstruction split_ranges(const Reconstruction& r) {
+  Reconstruction out = r;
+  out.fetches.clear();
+  for (const XorbFetch& fetch : r.fetches)
+    for (const XorbByteRange& range : fetch.ranges) out.fetches.push_back(XorbFetch{fetch.xorb, fetch.url, {range}});
+  return out;
+}
+
+// "" when the plan keeps plan_read()'s promises for `wanted` over a term stream [stream_start,
+// stream_end), else what it breaks.
+std::string plan_problem(const ReadPlan& plan, FileByteRange wanted, std::uint64_t stream_end) {
+  if (plan.range.start != wanted.start) return "plan starts elsewhere";
+  const std::uint64_t expected_end = std::max(wanted.start, std::min(wanted.end, stream_end));
+  if (plan.range.end != expected_end)
+    return "plan ends at " + std::to_string(plan.range.end) + ", expected " + std::to_string(expected_end);
+  std::uint64_t next = 0;
+  for (const PlannedTerm& term : plan.terms) {
+    if (term.output_offset != next) return "term outputs not contiguous";
+    if (term.take == 0 || term.skip > term.unpacked_length || term.take > term.unpacked_length - term.skip)
+      return "term cut outside its length";
+    if (term.fetch_index >= plan.fetches.size()) return "fetch index out of range";
+    const XorbFetch& fetch = plan.fetches[term.fetch_index];
+    if (term.range_index >= fetch.ranges.size()) return "range index out of range";
+    if (fetch.xorb != term.xorb || !fetch.ranges[term.range_index].chunks.contains(term.chunks))
+      return "term not inside its fetch range";
+    next += term.take;
+  }
+  if (next != plan.range.length()) return "terms do not add up to the plan's range";
+  return {};
+}
+
+// Copy spans of every fetched range of `plan`, with made-up chunk sizes: either random, or the
+// first planned term's length spread over the range's chunks. Errors are fine; spans must stay
+// inside their chunk and the plan's output.
+std::string copy_spans_problem(const ReadPlan& plan, std::mt19937_64& rng) {
+  for (std::size_t f = 0; f < plan.fetches.size(); ++f) {
+    for (std::size_t r = 0; r < plan.fetches[f].ranges.size(); ++r) {
+      const ChunkRange fetched = plan.fetches[f].ranges[r].chunks;
+      if (fetched.size() > 4096) continue;
+      std::vector<std::uint64_t> sizes(fetched.size());
+      const PlannedTerm* first = nullptr;
+      for (const PlannedTerm& term : plan.terms)
+        if (term.fetch_index == f && term.range_index == r && first == nullptr) first = &term;
+      if (first != nullptr && first->chunks == fetched && rng() % 2 == 0) {
+        for (auto& size : sizes) size = first->unpacked_length / sizes.size();
+        sizes.back() += first->unpacked_length % sizes.size();
+      } else {
+        for (auto& size : sizes) size = rng() % 100;
+      }
+      auto spans = copy_spans(plan, f, r, sizes);
+      if (!spans) continue;
+      for (std::size_t s = 0; s < spans->size(); ++s) {
+        const CopySpan& span = (*spans)[s];
+        if (span.length == 0) return "empty copy span";
+        if (span.chunk < fetched.start || span.chunk >= fetched.end) return "span chunk outside the range";
+        const std::uint64_t chunk_size = sizes[span.chunk - fetched.start];
+        if (span.chunk_offset > chunk_size || span.length > chunk_size - span.chunk_offset)
+          return "span outside its chunk";
+        if (span.output_offset > plan.range.length() || span.length > plan.range.length() - span.output_offset)
+          return "span outside the output";
+        if (s > 0 && (*spans)[s - 1].chunk > span.chunk) return "spans not in chunk order";
+      }
+    }
+  }
+  return {};
+}
+
+// Plans of a parsed reconstruction: the whole file (offset 0), and a random range of the term
+// stream as an answer to a Range request at offset + something.
+std::string planning_problem(const Reconstruction& r, std::mt19937_64& rng) {
+  const std::uint64_t total = r.total_unpacked_length();
+  constexpr std::uint64_t kMax = std::numeric_limits<std::uint64_t>::max();
+  if (r.offset_into_first_range == 0) {
+    auto whole = plan_whole_file(r);
+    if (!whole) return "plan_whole_file failed: " + whole.error().describe();
+    if (auto problem = plan_problem(*whole, {0, total}, total); !problem.empty()) return "whole file: " + problem;
+    if (auto problem = copy_spans_problem(*whole, rng); !problem.empty()) return "whole file: " + problem;
+  }
+  const std::uint64_t extra = rng() % 3 == 0 ? kMax - r.offset_into_first_range : rng() % 1000;
+  const std::uint64_t requested_start = r.offset_into_first_range + std::min(extra, kMax - r.offset_into_first_range);
+  const std::uint64_t stream_start = requested_start - r.offset_into_first_range;
+  const std::uint64_t span = total == kMax ? kMax : total + 2;
+  const std::uint64_t start_in = rng() % (span == 0 ? 1 : span);
+  const std::uint64_t start = stream_start + std::min(start_in, kMax - stream_start);
+  const std::uint64_t length = rng() % 4 == 0 ? kMax - start : rng() % (span == 0 ? 1 : span);
+  const FileByteRange wanted{start, start + std::min(length, kMax - start)};
+  auto plan = plan_read(r, requested_start, wanted);
+  const bool stream_end_fits = total <= kMax - stream_start;
+  if (!plan) {
+    // The only failure allowed here: a term stream that ends past 2^64.
+    if (stream_end_fits || plan.error().code != ErrorCode::kInvalidFormat)
+      return "plan_read failed: " + plan.error().describe();
+    return {};
+  }
+  if (!stream_end_fits) {
+    // The plan may stop before the overflow; it must still be in bounds.
+    if (auto problem = plan_problem(*plan, {wanted.start, plan->range.end}, plan->range.end); !problem.empty())
+      return "range: " + problem;
+  } else if (auto problem = plan_problem(*plan, wanted, stream_start + total); !problem.empty()) {
+    return "range: " + problem;
+  }
+  return copy_spans_problem(*plan, rng);
+}
+
+std::string batch_problem(const BatchReconstruction& batch) {
+  Reconstruction fetches_only;
+  fetches_only.fetches = batch.fetches;
+  if (auto problem = reconstruction_problem(fetches_only); !problem.empty()) return problem;
+  for (const XorbFetch& fetch : batch.fetches)
+    if (fetch.ranges.size() != 1) return "a v1 entry with several ranges";
+  for (const auto& [id, terms] : batch.files) {
+    auto file = batch.file(id);
+    if (!file) return "file() failed: " + file.error().describe();
+    if (file->terms != terms) return "file() changed the terms";
+    if (auto problem = reconstruction_problem(*file); !problem.empty()) return "file " + id.to_string() + ": " + problem;
+    if (auto valid = validate_reconstruction(*file); !valid) return "file() is invalid: " + valid.error().describe();
+  }
+  return {};
+}
+
+std::string error_problem(const Error& error) {
+  if (error.code != ErrorCode::kInvalidFormat && error.code != ErrorCode::kInvalidHash)
+    return "unexpected error code: " + error.describe();
+  if (error.message.find(": ") == std::string::npos) return "error names no field: " + error.message;
+  return {};
+}
+
+std::string shown(const std::string& text) { return text.size() > 2000 ? text.substr(0, 2000) + "..." : text; }
+
+TEST(ReconstructionFuzz, RandomMutationsYieldErrorsOrConsistentReconstructions) {
+  std::mt19937_64 rng(0xF022'2026'1205ULL);
+  std::vector<std::string> seeds = {std::string(kSpecSingleTerm),
+                                    replace_all(std::string(kSpecMultiXorb), kTypoHash, kFixedHash),
+                                    R"({"offset_into_first_range": 0, "terms": [], "xorbs": {}})",
+                                    R"({"files": {}, "fetch_info": {}})"};
+  for (int i = 0; i < 12; ++i) {
+    RandomFile file = make_random_file(rng);
+    RandomFile other = make_random_file(rng);
+    seeds.push_back(to_json_v2(file.whole));
+    seeds.push_back(to_json_v1(file.whole));
+    const std::uint64_t size = file.content.size();
+    if (size > 0) {
+      const std::uint64_t start = rng() % size;
+      Reconstruction answer = server_answer(file, {start, start + 1 + rng() % size}, i % 2 == 0);
+      seeds.push_back(to_json_v2(answer));
+      seeds.push_back(to_json_v1(answer));
+    }
+    BatchReconstruction batch;
+    batch.files[random_hash(rng)] = file.whole.terms;
+    batch.files[random_hash(rng)] = other.whole.terms;
+    batch.fetches = file.whole.fetches;
+    batch.fetches.insert(batch.fetches.end(), other.whole.fetches.begin(), other.whole.fetches.end());
+    seeds.push_back(to_json_batch(batch));
+  }
+  // The seeds themselves must parse, or the mutations start from nothing.
+  for (const std::string& seed : seeds) {
+    const bool is_batch = Json::parse(seed).contains("files");
+    if (is_batch) {
+      ASSERT_TRUE(parse_batch_reconstruction(seed).has_value()) << shown(seed);
+    } else {
+      ASSERT_TRUE(parse_reconstruction(seed).has_value()) << shown(seed);
+    }
+  }
+
+  const auto deadline = std::chrono::steady_clock::now() +
+                        std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                            std::chrono::duration<double>(fuzz_seconds()));
+  std::size_t iterations = 0, accepted = 0;
+  while (std::chrono::steady_clock::now() < deadline || iterations < 1000) {
+    ++iterations;
+    std::string input = seeds[rng() % seeds.size()];
+    const unsigned style = rng() % 3;  // 0: JSON tree, 1: bytes, 2: both
+    if (style != 1) {
+      Json tree = Json::parse(input);
+      const int steps = 1 + static_cast<int>(rng() % 3);
+      for (int s = 0; s < steps; ++s) mutate_json(tree, rng);
+      input = rng() % 4 == 0 ? tree.dump(1) : tree.dump();
+    }
+    if (style != 0) {
+      const int steps = 1 + static_cast<int>(rng() % 3);
+      for (int s = 0; s < steps; ++s) mutate_text(input, seeds, rng);
+    }
+
+    bool parsed_any = false;
+    for (auto* parse : {&parse_reconstruction, &parse_reconstruction_v1, &parse_reconstruction_v2}) {
+      auto parsed = (*parse)(input);
+      if (!parsed) {
+        ASSERT_EQ(error_problem(parsed.error()), "") << shown(input);
+        continue;
+      }
+      parsed_any = true;
+      ASSERT_EQ(reconstruction_problem(*parsed), "") << shown(input);
+      auto valid = validate_reconstruction(*parsed);
+      ASSERT_TRUE(valid.has_value()) << valid.error().describe() << "\n" << shown(input);
+      auto v2 = parse_reconstruction_v2(to_json_v2(*parsed));
+      ASSERT_TRUE(v2.has_value()) << v2.error().describe() << "\n" << shown(input);
+      ASSERT_EQ(*v2, *parsed) << shown(input);
+      auto v1 = parse_reconstruction_v1(to_json_v1(*parsed));
+      ASSERT_TRUE(v1.has_value()) << v1.error().describe() << "\n" << shown(input);
+      ASSERT_EQ(*v1, split_ranges(*parsed)) << shown(input);
+      ASSERT_EQ(planning_problem(*parsed, rng), "") << shown(input);
+    }
+    auto batch = parse_batch_reconstruction(input);
+    if (batch) {
+      parsed_any = true;
+      ASSERT_EQ(batch_problem(*batch), "") << shown(input);
+      auto again = parse_batch_reconstruction(to_json_batch(*batch));
+      ASSERT_TRUE(again.has_value()) << again.error().describe() << "\n" << shown(input);
+      ASSERT_EQ(again->files, batch->files);
+      ASSERT_EQ(again->fetches, batch->fetches);
+    } else {
+      ASSERT_EQ(error_problem(batch.error()), "") << shown(input);
+    }
+    if (parsed_any) ++accepted;
+  }
+  EXPECT_GE(iterations, 1000u);
+  EXPECT_GT(accepted, iterations / 100) << "mutations almost never parse; the test lost its teeth";
+  std::printf("[ReconstructionFuzz] %zu iterations, %zu parsed\n", iterations, accepted);
 }
 
 }  // namespace
