@@ -12,6 +12,7 @@
 #include <ctime>
 
 #include "bucketfs/naming/naming.h"
+#include "bucketfs/transfer/compose.h"
 #include "log.h"
 
 namespace bucketfs::fs {
@@ -1056,7 +1057,6 @@ FsResult<std::shared_ptr<Staged>> Filesystem::staged_for_write(std::unique_lock<
 FsResult<std::size_t> Filesystem::copy_range(std::uint64_t id_in, std::uint64_t offset_in, std::uint64_t id_out,
                                              std::uint64_t offset_out, std::uint64_t length) {
   if (options_.read_only) return std::unexpected(EBADF);
-  std::unique_lock remote(remote_mutex_);
   std::unique_lock lock(mutex_);
   auto in = handles_.find(id_in);
   auto out = handles_.find(id_out);
@@ -1066,27 +1066,69 @@ FsResult<std::size_t> Filesystem::copy_range(std::uint64_t id_in, std::uint64_t 
   Node* source = find(source_ino);
   Node* target = find(target_ino);
   if (source == nullptr || target == nullptr) return std::unexpected(ESTALE);
-  // Only a whole committed file copied into an empty one is a zero-byte copy; anything else
-  // (partial ranges, a source with unsaved changes, a destination with bytes) is copied by the
-  // kernel with reads and writes.
+  // The source must be committed and unchanged: its bytes are then the bucket's chunks. The
+  // destination must be empty, or (appending) committed and unchanged and end at offset_out, so
+  // that the new content is stored chunks too; and nobody else may be writing it. Anything else
+  // (a source with unsaved changes, staged bytes in the destination, a gap or an overlap) is
+  // copied by the kernel with reads and writes.
   const bool source_committed = !source->directory && source->attached && source->remote_exists &&
                                 source->remote_size > 0 && (!source->staged || !source->staged->dirty());
-  const bool target_empty = !target->directory && target->attached && target->open_writers <= 1 &&
-                            attributes_of(*target).size == 0 &&
+  const bool target_alone = !target->directory && target->attached && target->open_writers <= 1 &&
                             (!target->staged || target->staged == out->second->staged);
-  if (!source_committed || !target_empty || source_ino == target_ino || offset_in != 0 || offset_out != 0 ||
-      length < source->remote_size) {
-    return std::unexpected(EOPNOTSUPP);
-  }
-  const xet::Hash hash = source->hash;
-  const std::uint64_t size = source->remote_size;
-  const std::int64_t mtime = now_ms();
+  const bool target_empty = target_alone && attributes_of(*target).size == 0;
+  const bool target_committed = target_alone && target->remote_exists && target->remote_size > 0 &&
+                                (!target->staged || !target->staged->dirty()) && target->superseded.empty() &&
+                                attributes_of(*target).size == target->remote_size;
+  if (!source_committed || source_ino == target_ino) return std::unexpected(EOPNOTSUPP);
+  const std::uint64_t source_size = source->remote_size;
+  if (offset_in >= source_size) return 0;  // nothing to copy past the end of the source
+  const std::uint64_t copied = std::min(length, source_size - offset_in);
+  const bool appending = offset_out > 0 && target_committed && offset_out == target->remote_size;
+  if (!(offset_out == 0 && target_empty) && !appending) return std::unexpected(EOPNOTSUPP);
+
+  const xet::Hash source_hash = source->hash;
   const std::string from_path = source->remote_path;
   const std::string to_path = path_of(*target);
   const std::uint64_t version_before = target->staged ? target->staged->version.load() : 0;
+  const std::optional<xet::Hash> target_before = appending ? std::optional(target->hash) : std::nullopt;
+  const std::string what = "copying " + std::to_string(copied) + " bytes at " + std::to_string(offset_in) + " of '" +
+                           from_path + "' to '" + to_path + "' at " + std::to_string(offset_out);
+  xet::Hash hash = source_hash;
+  std::uint64_t size = source_size;
+  std::uint64_t xorb_bytes = 0;
+  const bool whole = !appending && offset_in == 0 && copied == source_size;
+  if (!whole) {
+    // A part of the source (or an append): a new file made of the stored chunks inside the range
+    // and, re-uploaded, the bytes of the chunks its edges cut.
+    std::vector<transfer::StoredRange> parts;
+    if (appending) parts.push_back({target->hash, target->remote_size, {0, target->remote_size}});
+    parts.push_back({source_hash, source_size, {offset_in, offset_in + copied}});
+    lock.unlock();
+    auto composed = transfer::compose_file(*services_.write_cas, downloader_, parts);
+    if (!composed) {
+      log_line(what + ": composing failed, copying the bytes instead: " + composed.error().describe());
+      return std::unexpected(EOPNOTSUPP);
+    }
+    hash = composed->file_hash;
+    size = composed->size;
+    xorb_bytes = composed->xorb_bytes_sent;
+    lock.lock();
+  }
+  lock.unlock();
+  std::unique_lock remote(remote_mutex_);
+  lock.lock();
+  // The destination must still be what the copy was built on.
+  target = find(target_ino);
+  if (target == nullptr || !target->attached || path_of(*target) != to_path ||
+      (target->staged ? target->staged->version.load() : 0) != version_before ||
+      (target_before && (!target->remote_exists || target->hash != *target_before))) {
+    return std::unexpected(EOPNOTSUPP);
+  }
+  status_.xorb_bytes_sent += xorb_bytes;
+  const std::int64_t mtime = now_ms();
   const std::vector<hub::BatchOperation> operations = {hub::BatchOperation::add(to_path, hash, mtime)};
   lock.unlock();
-  if (auto ok = commit_batch(operations, "copying '" + from_path + "' to '" + to_path + "'"); !ok) {
+  if (auto ok = commit_batch(operations, what); !ok) {
     return std::unexpected(EOPNOTSUPP);  // copied with reads and writes instead
   }
   lock.lock();
@@ -1094,7 +1136,7 @@ FsResult<std::size_t> Filesystem::copy_range(std::uint64_t id_in, std::uint64_t 
   ++status_.files_committed;
   status_.bytes_committed += size;
   target = find(target_ino);
-  if (target == nullptr) return size;
+  if (target == nullptr) return copied;
   target->remote_exists = true;
   target->remote_path = to_path;
   target->hash = hash;
@@ -1104,8 +1146,9 @@ FsResult<std::size_t> Filesystem::copy_range(std::uint64_t id_in, std::uint64_t 
   target->kernel_cached.reset();
   std::vector<std::shared_ptr<Staged>> dropped;
   if (target->staged && target->staged->version.load() == version_before) {
-    // The empty staged file is not uploaded: the bucket holds the content now. A later write
-    // through an open descriptor stages the committed bytes again (staged_for_write).
+    // The staged file (empty, or the unchanged bytes of the previous version) is not uploaded:
+    // the bucket holds the content now. A later write through an open descriptor stages the
+    // committed bytes again (staged_for_write).
     dropped.push_back(std::move(target->staged));
     target->staged.reset();
     for (auto& old : target->superseded) dropped.push_back(std::move(old));
@@ -1122,7 +1165,7 @@ FsResult<std::size_t> Filesystem::copy_range(std::uint64_t id_in, std::uint64_t 
     old->abandoned = true;
     if (old->journaled) journal_remove(old);
   }
-  return size;
+  return copied;
 }
 
 FsResult<void> Filesystem::flush(std::uint64_t id) {

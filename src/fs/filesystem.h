@@ -154,9 +154,13 @@ class Filesystem {
                       const std::function<void(std::span<const std::byte>)>& reply);
   FsResult<std::size_t> write(std::uint64_t handle, std::uint64_t offset, std::span<const std::byte> data);
   FsResult<void> flush(std::uint64_t handle);  // close(2): queue the upload
-  // copy_file_range(2): a whole committed, unchanged file copied to offset 0 of an empty file is
-  // committed at the destination under the source's xet hash (one batch add; no bytes move).
-  // Anything else is EOPNOTSUPP, and the kernel falls back to reading and writing.
+  // copy_file_range(2) from a committed, unchanged source, into an empty destination at offset 0
+  // or appended to the end of a committed, unchanged one. The whole source is committed at the
+  // destination under its xet hash (one batch add; no bytes move); a part of it, or an append,
+  // becomes a new file made of the stored chunks inside the range, re-uploading only the chunks the
+  // range edges cut (transfer::compose_file; needs the server's file-chunks route). Anything else,
+  // or a failure, is EOPNOTSUPP, and the kernel falls back to reading and writing. Returns the
+  // bytes copied (0 from at or past the source's end).
   FsResult<std::size_t> copy_range(std::uint64_t handle_in, std::uint64_t offset_in, std::uint64_t handle_out,
                                    std::uint64_t offset_out, std::uint64_t length);
   FsResult<void> fsync(std::uint64_t handle);  // wait for the commit

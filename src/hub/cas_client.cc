@@ -4,6 +4,7 @@
 #include <charconv>
 
 #include "bucketfs/http/http.h"
+#include "bucketfs/xet/chunker.h"
 #include "internal.h"
 
 namespace bucketfs::hub {
@@ -254,6 +255,60 @@ HubResult<std::optional<std::uint64_t>> CasClient::head_file(const xet::Hash& fi
     return std::unexpected(detail::bad_response(subject, "no Content-Length"));
   }
   return std::optional<std::uint64_t>{size};
+}
+
+HubResult<FileChunks> CasClient::file_chunks(const xet::Hash& file_hash, xet::FileByteRange range,
+                                             const http::CancellationToken* cancel) {
+  const std::string hex = file_hash.to_string();
+  const std::string subject = "chunk list of " + hex;
+  auto header = xet::reconstruction_range_header(range);
+  if (!header) return make_hub_error(HubErrorKind::invalid, subject + ": empty byte range");
+  auto response = cas_call(
+      [&](const std::string& cas) {
+        http::Request request;
+        request.url = cas + "/v1/file-chunks/" + hex;
+        request.headers.set("Range", *header);
+        request.max_body = options_.max_json;
+        return request;
+      },
+      subject, cancel);
+  if (!response) return std::unexpected(response.error());
+  auto body = json::parse(response->body.text(), nullptr, false);
+  auto bad = [&](const std::string& why) { return std::unexpected(detail::bad_response(subject, why)); };
+  if (body.is_discarded() || !body.is_object()) return bad("not a JSON object");
+  FileChunks out;
+  if (!body.contains("offset") || !body["offset"].is_number_unsigned() || !body.contains("size") ||
+      !body["size"].is_number_unsigned() || !body.contains("terms") || !body["terms"].is_array()) {
+    return bad("offset, size or terms missing");
+  }
+  out.offset = body["offset"].get<std::uint64_t>();
+  out.file_size = body["size"].get<std::uint64_t>();
+  for (const auto& term : body["terms"]) {
+    if (!term.is_object() || !term.contains("xorb") || !term["xorb"].is_string() || !term.contains("start") ||
+        !term["start"].is_number_unsigned() || !term.contains("chunks") || !term["chunks"].is_array() ||
+        term["chunks"].empty()) {
+      return bad("malformed term");
+    }
+    FileChunkTerm parsed;
+    auto xorb = xet::Hash::from_string(term["xorb"].get<std::string>());
+    if (!xorb) return bad("malformed xorb hash");
+    parsed.xorb = *xorb;
+    const auto start = term["start"].get<std::uint64_t>();
+    if (start + term["chunks"].size() > std::uint64_t{1} << 32) return bad("chunk index out of range");
+    parsed.first_chunk = static_cast<std::uint32_t>(start);
+    for (const auto& chunk : term["chunks"]) {
+      if (!chunk.is_object() || !chunk.contains("hash") || !chunk["hash"].is_string() || !chunk.contains("size") ||
+          !chunk["size"].is_number_unsigned()) {
+        return bad("malformed chunk");
+      }
+      auto hash = xet::Hash::from_string(chunk["hash"].get<std::string>());
+      const auto size = chunk["size"].get<std::uint64_t>();
+      if (!hash || size == 0 || size > xet::kMaxChunkSize) return bad("malformed chunk hash or size");
+      parsed.chunks.push_back({*hash, size});
+    }
+    out.terms.push_back(std::move(parsed));
+  }
+  return out;
 }
 
 HubResult<std::optional<xet::Shard>> CasClient::dedup_query(const xet::Hash& chunk_hash,

@@ -789,6 +789,65 @@ class Handlers {
     return json_response(200, out);
   }
 
+  // GET /v1/file-chunks/{file} [Range: bytes=a-b]: a bucketfs-server extension, not in the Xet
+  // spec. The chunks of the file that overlap the range (the whole file without Range), grouped
+  // by term, each with its hash and size: what a client needs to compose a new file from a part
+  // of this one (terms, verification hashes and the file hash need the chunk hashes, and the
+  // protocol gives clients no other way to learn them without downloading the chunks).
+  //   {"offset": file offset of the first chunk listed, "size": file size,
+  //    "terms": [{"xorb": hash, "start": first chunk index, "chunks": [{"hash": h, "size": n}...]}]}
+  HttpResponse file_chunks(const std::string& hash_text) {
+    auto grant = cas_grant(Access::kRead);
+    if (!grant) return grant.error();
+    auto hash = parse_hash(hash_text);
+    if (!hash) return error_response(400, "malformed file id '" + hash_text.substr(0, 80) + "'");
+    auto readable = s_.metadata_.bucket_may_read(grant->bucket, *hash);
+    if (!readable) return error_response(500, readable.error().message);
+    auto file = s_.metadata_.file(*hash);
+    if (!file) return error_response(500, file.error().message);
+    if (!*file || !*readable) return error_response(404, "file " + hash_text + " not found");
+    const FileRecord& record = **file;
+    auto range = parse_single_range(header(request_, "Range"));
+    if (!range) return error_response(400, range.error());
+    std::uint64_t first = 0;
+    std::uint64_t last = record.size == 0 ? 0 : record.size - 1;
+    if (*range) {
+      if ((*range)->first >= record.size) return error_response(416, "range start is past the end of the file");
+      first = (*range)->first;
+      last = std::min((*range)->last.value_or(last), last);
+    }
+    json terms = json::array();
+    std::optional<std::uint64_t> listed_from;
+    std::uint64_t offset = 0;
+    for (const auto& term : record.terms) {
+      if (offset > last) break;
+      const std::uint64_t term_end = offset + term.unpacked_bytes;
+      if (term_end <= first) {
+        offset = term_end;
+        continue;
+      }
+      auto xorb = s_.metadata_.xorb(term.xorb_hash);
+      if (!xorb) return error_response(500, xorb.error().message);
+      if (!*xorb || term.chunk_index_end > (*xorb)->chunks.size()) {
+        return error_response(500, "xorb " + term.xorb_hash.to_string() + " of a registered file is missing");
+      }
+      json chunks = json::array();
+      std::optional<std::uint32_t> start;
+      for (std::uint32_t i = term.chunk_index_start; i < term.chunk_index_end && offset <= last; ++i) {
+        const auto& chunk = (*xorb)->chunks[i];
+        if (offset + chunk.size > first) {
+          if (!start) start = i;
+          if (!listed_from) listed_from = offset;
+          chunks.push_back(json{{"hash", chunk.hash.to_string()}, {"size", chunk.size}});
+        }
+        offset += chunk.size;
+      }
+      if (start) terms.push_back(json{{"xorb", term.xorb_hash.to_string()}, {"start", *start}, {"chunks", chunks}});
+      offset = term_end;
+    }
+    return json_response(200, json{{"offset", listed_from.value_or(0)}, {"size", record.size}, {"terms", terms}});
+  }
+
   HttpResponse batch_reconstruction() {
     auto grant = cas_grant(Access::kRead);
     if (!grant) return grant.error();
@@ -1033,6 +1092,10 @@ HttpResponse Handlers::route(std::string& name) {
     if (segments[1] == "v1" && group == "reconstructions" && segments.size() == 3) {
       name = "cas_batch_reconstruction";
       return method == "POST" ? batch_reconstruction() : method_not_allowed();
+    }
+    if (segments[1] == "v1" && group == "file-chunks" && segments.size() == 4) {
+      name = "cas_file_chunks";
+      return method == "GET" ? file_chunks(segments[3]) : method_not_allowed();
     }
     if (segments[1] == "v1" && group == "files" && segments.size() == 4) {
       name = "cas_file";

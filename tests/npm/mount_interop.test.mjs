@@ -1,6 +1,7 @@
 // A real `bucketfs mount` and the npm client @huggingface/hub against the same bucketfs-server:
 // files written through the mount (0, 1, 8191, 8192, 64 KiB, 10 MiB, 70 MiB) download byte for byte
-// with the npm client; files the npm client uploads (and overwrites) appear in the mount after the
+// with the npm client, and so does a partial range copied inside the mount (composed from stored
+// chunks); files the npm client uploads (and overwrites) appear in the mount after the
 // metadata TTL with identical bytes; and the xet hash the mount commits (user.xet.hash) equals the
 // npm client's for the same content where the chunkers agree (and xet-core's where they do not).
 import { test, after } from "node:test";
@@ -110,6 +111,30 @@ test("files written through the mount download byte-identical with the npm clien
   }
   const info = await pathsInfo({ repo, paths: SIZES.map((s) => `from-mount/${s}.bin`), expand: false, ...auth });
   assert.deepEqual(info.map((i) => i.size).sort((a, b) => a - b), [...SIZES].sort((a, b) => a - b));
+});
+
+test("a partial range copied inside the mount (stored chunks + re-uploaded edges) downloads with the npm client", async () => {
+  // os.copy_file_range of bytes [1 MiB + 12345, +5 MiB) of a committed file: the mount composes
+  // the new file from the source's chunks and its two cut edge chunks.
+  const source = join(mnt, "from-mount", `${10 * 1024 * 1024}.bin`);
+  const start = (1 << 20) + 12345;
+  const count = 5 * (1 << 20);
+  const copy = spawnSync("python3", ["-c", `
+import os, sys
+with open(sys.argv[1], "rb") as src:
+    fd = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    print(os.copy_file_range(src.fileno(), fd, int(sys.argv[4]), int(sys.argv[3]), 0))
+    os.close(fd)
+`, source, join(mnt, "range-copy.bin"), String(start), String(count)], { encoding: "utf8" });
+  assert.equal(copy.status, 0, copy.stderr);
+  assert.equal(Number(copy.stdout.trim()), count);
+  const expected = randomBytes(10 * 1024 * 1024, 3000 + 10 * 1024 * 1024).subarray(start, start + count);
+  const blob = await downloadFile({ repo, path: "range-copy.bin", ...auth });
+  assert.ok(blob, "npm cannot see range-copy.bin");
+  const got = new Uint8Array(await blob.arrayBuffer());
+  assert.ok(sameBytes(got, expected), "range copy bytes differ");
+  const [entry] = await pathsInfo({ repo, paths: ["range-copy.bin"], expand: false, ...auth });
+  assert.equal(xattr(join(mnt, "range-copy.bin"), "user.xet.hash"), entry.xetHash);
 });
 
 test("files the npm client uploads appear in the mount after the metadata TTL", async () => {

@@ -50,6 +50,18 @@ struct CasClientOptions {
   std::size_t max_json = std::size_t{64} << 20;
 };
 
+// The chunks of a stored file over a byte range, with their hashes (CasClient::file_chunks).
+struct FileChunkTerm {
+  xet::Hash xorb;
+  std::uint32_t first_chunk = 0;             // index in the xorb of chunks[0]
+  std::vector<xet::HashAndSize> chunks;      // consecutive chunks of the xorb, in file order
+};
+struct FileChunks {
+  std::uint64_t offset = 0;  // file offset of the first chunk listed
+  std::uint64_t file_size = 0;
+  std::vector<FileChunkTerm> terms;  // in file order; every chunk that overlaps the range asked
+};
+
 class CasClient {
  public:
   // `transport` and `tokens` must outlive the client. Use a read token source for downloads and a
@@ -75,6 +87,12 @@ class CasClient {
   // HEAD /v1/files/{file}: the file's size, nullopt when the server does not know it (404).
   HubResult<std::optional<std::uint64_t>> head_file(const xet::Hash& file_hash,
                                                     const http::CancellationToken* cancel = nullptr);
+  // GET /v1/file-chunks/{file} with `Range: bytes=start-(end-1)`: the chunks of the file that
+  // overlap `range`, hashes and sizes included. A bucketfs-server extension (no Xet API tells a
+  // client the chunk hashes of a stored file): other servers answer 404 (entry_not_found), as
+  // they do for a file they do not have. REQUIRES: range non-empty.
+  HubResult<FileChunks> file_chunks(const xet::Hash& file_hash, xet::FileByteRange range,
+                                    const http::CancellationToken* cancel = nullptr);
   // GET /v1/chunks/default/{chunk}: the shard listing xorbs that hold the chunk (chunk hashes
   // keyed with the footer's key, see xet::keyed_chunk_hash), or nullopt on 404.
   HubResult<std::optional<xet::Shard>> dedup_query(const xet::Hash& chunk_hash,
