@@ -248,18 +248,6 @@ int run_daemon(const MountArgs& args, const naming::BucketPath& where, const std
                              .chunk_cache = chunk_cache->get(),
                              .dedup_index = &dedup,
                              .journal = &journal};
-  // What a daemon of this bucket left uncommitted when it died is committed before we serve.
-  fs::RecoveryReport recovered;
-  if (!args.read_only) {
-    recovered = fs::recover_journal(services, where.bucket, options.staging_dir, options.upload);
-    if (recovered.recovered + recovered.failed > 0) {
-      std::cerr << "bucketfs: journal: recovered " << recovered.recovered << " file(s) (" << recovered.conflicts
-                << " under a conflict name), " << recovered.failed << " left for the next mount" << std::endl;
-    }
-  }
-  auto mount = fs::Mount::create(services, options);
-  if (!mount) return report.error(mount.error());
-
   const auto state_file = state_path(mountpoint.string());
   Json state = {{"pid", ::getpid()},
                 {"mountpoint", mountpoint.string()},
@@ -268,10 +256,39 @@ int run_daemon(const MountArgs& args, const naming::BucketPath& where, const std
                 {"read_only", args.read_only},
                 {"cache_dir", cache_dir},
                 {"log_file", log_file},
-                {"state", "mounted"},
-                {"recovered_files", recovered.recovered},
-                {"recovery_conflicts", recovered.conflicts},
-                {"recovery_failed", recovered.failed}};
+                {"state", "mounted"}};
+  // What a daemon of this bucket left uncommitted when it died is committed before we serve;
+  // meanwhile the state file says "recovering" and names the files still to commit.
+  fs::RecoveryReport recovered;
+  if (!args.read_only) {
+    constexpr std::size_t kListedPending = 100;  // names shown; `pending_uploads` counts them all
+    auto show_progress = [&](const fs::RecoveryProgress& progress) {
+      if (progress.pending.empty() && progress.so_far.recovered + progress.so_far.failed == 0) return;
+      state["state"] = "recovering";
+      state["pending_uploads"] = progress.pending.size();
+      const auto listed = std::min(progress.pending.size(), kListedPending);
+      state["recovery_pending"] = std::vector<std::string>(progress.pending.begin(), progress.pending.begin() + listed);
+      state["recovered_files"] = progress.so_far.recovered;
+      state["recovery_conflicts"] = progress.so_far.conflicts;
+      state["recovery_failed"] = progress.so_far.failed;
+      write_state(state_file, state);
+    };
+    recovered = fs::recover_journal(services, where.bucket, options.staging_dir, options.upload, show_progress);
+    state.erase("recovery_pending");
+    if (recovered.recovered + recovered.failed > 0) {
+      std::cerr << "bucketfs: journal: recovered " << recovered.recovered << " file(s) (" << recovered.conflicts
+                << " under a conflict name), " << recovered.failed << " left for the next mount" << std::endl;
+    }
+  }
+  auto mount = fs::Mount::create(services, options);
+  if (!mount) {
+    if (state.value("state", "") == "recovering") stdfs::remove(state_file, ignored);
+    return report.error(mount.error());
+  }
+  state["state"] = "mounted";
+  state["recovered_files"] = recovered.recovered;
+  state["recovery_conflicts"] = recovered.conflicts;
+  state["recovery_failed"] = recovered.failed;
   std::mutex state_mutex;
   auto refresh_state = [&](const std::string& phase) {
     const auto status = (*mount)->status();
@@ -534,6 +551,12 @@ int run_status(bool json) {
               << human_bytes(mount.value("cache_used_bytes", std::uint64_t{0})) << " of "
               << human_bytes(mount.value("cache_max_bytes", std::uint64_t{0})) << ", upload failures "
               << mount.value("upload_failures", 0) << "\n";
+    if (mount.contains("recovery_pending")) {
+      std::cout << "  replaying the journal of a daemon that died; still to commit:";
+      for (const auto& path : mount["recovery_pending"]) std::cout << "\n    " << path.get<std::string>();
+      if (mount.value("pending_uploads", std::size_t{0}) > mount["recovery_pending"].size()) std::cout << "\n    ...";
+      std::cout << "\n";
+    }
     if (!mount.value("last_error", "").empty()) std::cout << "  last error: " << mount.value("last_error", "") << "\n";
     std::cout << "  log: " << mount.value("log_file", "") << std::endl;
   }

@@ -30,7 +30,8 @@ std::string conflict_name(const std::string& path) {
 }  // namespace
 
 RecoveryReport recover_journal(const MountServices& services, const naming::BucketId& bucket,
-                               const std::filesystem::path& staging_dir, const transfer::UploadOptions& upload) {
+                               const std::filesystem::path& staging_dir, const transfer::UploadOptions& upload,
+                               const std::function<void(const RecoveryProgress&)>& on_progress) {
   RecoveryReport report;
   if (services.journal == nullptr || services.write_cas == nullptr) return report;
   auto records = services.journal->list();
@@ -61,7 +62,16 @@ RecoveryReport recover_journal(const MountServices& services, const naming::Buck
   }
   std::sort(replay.begin(), replay.end(), [](const auto& a, const auto& b) { return a.sequence < b.sequence; });
   transfer::Uploader uploader(*services.write_cas, *services.hub, services.dedup_index, upload);
+  std::size_t done = 0;  // records of `replay` finished, either way
+  auto report_progress = [&] {
+    if (!on_progress) return;
+    RecoveryProgress progress{.pending = {}, .so_far = report};
+    for (std::size_t i = done; i < replay.size(); ++i) progress.pending.push_back(replay[i].path);
+    on_progress(progress);
+  };
   for (const auto& record : replay) {
+    report_progress();
+    ++done;  // counted before the attempt: every `continue` below ends this record
     const auto file = staging_dir / record.staging_name;
     FileDescriptor fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
     if (!fd.valid()) {
@@ -117,6 +127,7 @@ RecoveryReport recover_journal(const MountServices& services, const naming::Buck
     ++report.recovered;
     if (auto removed = services.journal->remove(record.staging_name); removed) ::unlink(file.c_str());
   }
+  report_progress();
   return report;
 }
 

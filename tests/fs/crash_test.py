@@ -12,19 +12,32 @@ empty cache (so every byte comes from the bucket):
     its path (a file whose close was under way when the daemon died may be there, whole);
   * none twice: no conflict copies, no other names.
 
-BUCKETFS_CRASH_SEEDS=N runs N seeds (default 3); BUCKETFS_CRASH_SEED=S runs only seed S."""
+BUCKETFS_CRASH_SEEDS=N runs N seeds (default 3); BUCKETFS_CRASH_SEED=S runs only seed S.
+
+And while the next mount replays the journal (before it reports itself ready), `bucketfs status`
+shows it "recovering" with the files still to commit: the server is stopped while files are
+closed (so they stay in the journal), the daemon killed, and the server started again slowed
+down (every request stalled) so the replay takes seconds to watch."""
 import hashlib
 import os
 import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support"))
 import mount_harness as h  # noqa: E402
 import unittest_runner  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+_stall_timeout = os.environ.get("BUCKETFS_HTTP_STALL_TIMEOUT_MS")
+from faults_test import RestartableServer  # noqa: E402  (sets a short client stall timeout: undone below)
+if _stall_timeout is None:
+    os.environ.pop("BUCKETFS_HTTP_STALL_TIMEOUT_MS", None)
+else:
+    os.environ["BUCKETFS_HTTP_STALL_TIMEOUT_MS"] = _stall_timeout
 
 WRITER = r'''
 import hashlib, os, random, sys
@@ -143,6 +156,71 @@ class CrashTest(unittest.TestCase):
             self.assertNotIn("conflict", path)
         self.assertEqual(fresh.unmount().returncode, 0)
         print("  seed %d: %d files checked, none lost, none half, none twice" % (seed, len(present)), flush=True)
+
+
+class RecoveryStatusTest(unittest.TestCase):
+    def test_status_lists_the_journaled_files_during_replay(self):
+        server = RestartableServer("crash-status")
+        self.addCleanup(server.cleanup)
+        server.start()
+        workspace = h.Workspace("crash-status")
+        self.addCleanup(workspace.cleanup)
+        h.create_bucket(server, "alice/replay")
+        cache = workspace.path("cache")
+        mount = h.new_mount(self, server, workspace, "alice/replay", cache_dir=cache, name="w").start()
+        with open(mount.path("warm.txt"), "wb") as handle:  # the root listing is now known
+            handle.write(b"warm\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.listdir(mount.mountpoint)
+        server.kill()  # uploads now fail: closed files stay in the journal
+        files = {"p%d.bin" % i: random.Random(i).randbytes(size)
+                 for i, size in enumerate([5000, 700_000, 2 << 20, 3 << 20])}
+        for name, data in files.items():
+            with open(mount.path(name), "wb") as handle:
+                handle.write(data)
+        mount.kill(signal.SIGKILL)
+
+        # Every request answered 0.7 s late (below the client's stall timeout): a slow replay.
+        server.restart_on_same_port(["--inject-faults", "rate=1,kinds=stall,stall_ms=700"])
+        recovering = h.new_mount(self, server, workspace, "alice/replay", cache_dir=cache, name="r")
+        outcome = {}
+        thread = threading.Thread(target=lambda: outcome.update(result=recovering.mount()))
+        thread.start()
+        seen = []  # (pending paths, recovered so far) of each "recovering" state observed
+        text = ""
+        while thread.is_alive():
+            for entry in recovering.status():
+                if entry.get("mountpoint") == os.path.realpath(recovering.mountpoint) and \
+                        entry.get("state") == "recovering":
+                    observed = (tuple(entry.get("recovery_pending", [])), entry.get("recovered_files"))
+                    self.assertEqual(entry.get("pending_uploads"), len(observed[0]), entry)
+                    if not seen or seen[-1] != observed:
+                        seen.append(observed)
+                    if not text and observed[0]:
+                        text = recovering.command("status", check=True).stdout
+            time.sleep(0.1)
+        thread.join()
+        result = outcome["result"]
+        self.assertEqual(result.returncode, 0, result.stderr + recovering.log())
+        recovering.pid = recovering.state().get("pid")
+        self.assertTrue(seen, "status never showed the mount recovering")
+        self.assertEqual(sorted(seen[0][0]), sorted(files), "the first status must list every journaled file")
+        for earlier, later in zip(seen, seen[1:]):  # files leave the list as they are committed
+            self.assertTrue(set(later[0]) <= set(earlier[0]), seen)
+        self.assertIn("recovering", text)
+        for name in seen[0][0][:1]:
+            self.assertIn(name, text)
+        state = recovering.state()
+        self.assertEqual(state.get("state"), "mounted")
+        self.assertNotIn("recovery_pending", state)
+        self.assertEqual(state.get("recovered_files"), len(files), recovering.log())
+        for name, data in files.items():
+            with open(recovering.path(name), "rb") as handle:
+                self.assertTrue(handle.read() == data, name)
+        self.assertEqual(recovering.unmount().returncode, 0)
+        print("recovery status: %d states observed while %d journaled files were replayed (first: %s)"
+              % (len(seen), len(files), ", ".join(seen[0][0])), flush=True)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <expected>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -74,8 +75,17 @@ struct RecoveryReport {
 // committed meanwhile): then it is committed as `PATH.conflict-<UTC time>-<host>` and both are
 // kept, and the log says so. A record whose staging file is gone is dropped with a log line.
 // Records of daemons still running are left alone. Needs services.write_cas and services.journal.
+//
+// `on_progress`, when given, is called (on the calling thread) once the records to replay are
+// known, after each of them, and at the end, so `bucketfs status` can show the replay while the
+// mount does not exist yet.
+struct RecoveryProgress {
+  std::vector<std::string> pending;  // paths still to commit, in replay order; the first is under way
+  RecoveryReport so_far;
+};
 RecoveryReport recover_journal(const MountServices& services, const naming::BucketId& bucket,
-                               const std::filesystem::path& staging_dir, const transfer::UploadOptions& upload);
+                               const std::filesystem::path& staging_dir, const transfer::UploadOptions& upload,
+                               const std::function<void(const RecoveryProgress&)>& on_progress = {});
 
 struct MountStatus {
   std::uint64_t pending_uploads = 0;  // files written and not yet committed
