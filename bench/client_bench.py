@@ -5,78 +5,32 @@ the median wall time of several runs, throughput, and the peak RSS of each clien
 Writes bench/RESULTS-client.md. Run by scripts/bench-client.sh."""
 import datetime
 import os
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUILD = os.environ.get("BUCKETFS_BUILD", os.path.join(ROOT, "build"))
-BUCKETFS = os.path.join(BUILD, "src/cli/bucketfs")
-SERVER = os.path.join(BUILD, "src/server/bucketfs-server")
+from benchlib import BUCKETFS, NPM_DIR, ROOT, NpmScripts, Server, run, write_random
+
 SIZE = int(os.environ.get("BENCH_SIZE_MIB", "1024")) << 20
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 TOKEN = "hf_bench_client_0001"
-
-NPM_UPLOAD = """
-import { uploadFiles } from "@huggingface/hub";
-import { openAsBlob } from "node:fs";
-const [url, token, path, dest] = process.argv.slice(2);
-await uploadFiles({ repo: { type: "bucket", name: "bench/client" }, hubUrl: url, accessToken: token,
-  files: [{ path: dest, content: await openAsBlob(path) }] });
-"""
-NPM_DOWNLOAD = """
-import { downloadFile } from "@huggingface/hub";
-const [url, token, path] = process.argv.slice(2);
-const blob = await downloadFile({ repo: { type: "bucket", name: "bench/client" }, path, hubUrl: url, accessToken: token });
-let n = 0; const reader = blob.stream().getReader();
-for (;;) { const { done, value } = await reader.read(); if (done) break; n += value.length; }
-if (n !== Number(process.argv[5])) throw new Error("short download " + n);
-"""
-
-
-def run(command, stdout=subprocess.DEVNULL, cwd=None):
-    """Runs `command`; returns (seconds, peak RSS in MiB of that process)."""
-    start = time.monotonic()
-    process = subprocess.Popen(command, stdout=stdout, stderr=subprocess.PIPE, cwd=cwd)
-    _, status, usage = os.wait4(process.pid, 0)
-    elapsed = time.monotonic() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise RuntimeError(f"{command[0]} failed: {process.stderr.read().decode()[-2000:]}")
-    return elapsed, usage.ru_maxrss / 1024
+BUCKET = "bench/client"
 
 
 def main():
     work = tempfile.mkdtemp(prefix="bucketfs-client-bench-")
     server = None
+    npm = NpmScripts()
     try:
-        with open(os.path.join(work, "tokens"), "w") as handle:
-            handle.write(f"{TOKEN} write bench\n")
-        with open(os.path.join(work, "token"), "w") as handle:
-            handle.write(TOKEN + "\n")
-        ready = os.path.join(work, "ready")
-        server = subprocess.Popen([SERVER, "--data", os.path.join(work, "data"), "--tokens",
-                                   os.path.join(work, "tokens"), "--ready-file", ready],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(200):
-            if os.path.exists(ready) and open(ready).read().strip():
-                break
-            time.sleep(0.05)
-        url = open(ready).read().strip()
-        npm_dir = os.path.join(ROOT, "tests/npm")
-        for name, text in (("up.mjs", NPM_UPLOAD), ("down.mjs", NPM_DOWNLOAD)):
-            with open(os.path.join(npm_dir, f".bench-{name}"), "w") as handle:
-                handle.write(text)
-        common = ["--endpoint", url, "--token-file", os.path.join(work, "token")]
-        subprocess.run([BUCKETFS, "create", "bench/client", *common], check=True, stdout=subprocess.DEVNULL)
+        npm.__enter__()
+        server = Server(work, TOKEN)
+        npm_dir = NPM_DIR
+        common = server.common
+        server.create(BUCKET)
         source = os.path.join(work, "data.bin")
-        with open(source, "wb") as handle:
-            for _ in range(SIZE >> 20):
-                handle.write(os.urandom(1 << 20))
+        write_random(source, SIZE)
         results = {}
 
         def measure(label, make_command, stdout=subprocess.DEVNULL, cwd=None):
@@ -89,26 +43,20 @@ def main():
         uploads = []
         for i in range(RUNS):
             path = os.path.join(work, f"up-{i}.bin")
-            with open(path, "wb") as handle:
-                for _ in range(SIZE >> 20):
-                    handle.write(os.urandom(1 << 20))
+            write_random(path, SIZE)
             uploads.append(path)
         measure("upload: bucketfs cp", lambda i: [BUCKETFS, "cp", uploads[i], f"hf://buckets/bench/client/cli-{i}.bin",
                                                   *common, "--cache-dir", os.path.join(work, f"upcache-{i}")])
         npm_uploads = []
         for i in range(RUNS):
             path = os.path.join(work, f"npm-up-{i}.bin")
-            with open(path, "wb") as handle:
-                for _ in range(SIZE >> 20):
-                    handle.write(os.urandom(1 << 20))
+            write_random(path, SIZE)
             npm_uploads.append(path)
-        measure("upload: npm @huggingface/hub", lambda i: ["node", ".bench-up.mjs", url, TOKEN, npm_uploads[i],
-                                                            f"npm-{i}.bin"], cwd=npm_dir)
+        measure("upload: npm @huggingface/hub", lambda i: npm.upload(server, BUCKET, npm_uploads[i], f"npm-{i}.bin"),
+                cwd=npm_dir)
         subprocess.run([BUCKETFS, "cp", source, "hf://buckets/bench/client/model.bin", *common, "--cache-dir",
                         os.path.join(work, "seed-cache")], check=True)
-        measure("download: curl of resolve (baseline)", lambda i: ["curl", "-sf", "-o", "/dev/null", "-H",
-                                                                   f"Authorization: Bearer {TOKEN}",
-                                                                   f"{url}/buckets/bench/client/resolve/model.bin"])
+        measure("download: curl of resolve (baseline)", lambda i: server.curl(BUCKET, "model.bin"))
         measure("download: bucketfs cp (cold cache)", lambda i: [BUCKETFS, "cp", "hf://buckets/bench/client/model.bin",
                                                                  "-", *common, "--cache-dir",
                                                                  os.path.join(work, f"downcache-{i}")])
@@ -116,17 +64,12 @@ def main():
                                                                       "hf://buckets/bench/client/model.bin", "-",
                                                                       *common, "--cache-dir",
                                                                       os.path.join(work, "downcache-0")])
-        measure("download: npm @huggingface/hub", lambda i: ["node", ".bench-down.mjs", url, TOKEN, "model.bin",
-                                                             str(SIZE)], cwd=npm_dir)
+        measure("download: npm @huggingface/hub", lambda i: npm.download(server, BUCKET, "model.bin", SIZE),
+                cwd=npm_dir)
     finally:
         if server:
-            server.terminate()
-            server.wait(timeout=20)
-        for name in ("up.mjs", "down.mjs"):
-            try:
-                os.unlink(os.path.join(ROOT, "tests/npm", f".bench-{name}"))
-            except OSError:
-                pass
+            server.stop()
+        npm.__exit__(None, None, None)
         shutil.rmtree(work, ignore_errors=True)
 
     mib = SIZE / 2**20

@@ -22,234 +22,19 @@ the state file in $BUCKETFS_RUNTIME_DIR):
 Writes bench/RESULTS-mount.md. Run by scripts/bench-mount.sh."""
 import argparse
 import datetime
-import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUILD = os.environ.get("BUCKETFS_BUILD", os.path.join(ROOT, "build"))
-BUCKETFS = os.path.join(BUILD, "src/cli/bucketfs")
-SERVER = os.path.join(BUILD, "src/server/bucketfs-server")
+from benchlib import (BUCKETFS, MiB, ROOT, Mount, Server, cleanup_all, drop_caches, fio, is_mounted, log,
+                      make_small_files, read_seq, resident_mib, run, write_random)
+
 TOKEN = "hf_bench_mount_0001"
-MiB = 1 << 20
 BUCKET = "bench/mount"
-
-
-def log(text):
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
-
-
-def drop_caches():
-    """Empties the kernel page cache (whole machine); False when not permitted."""
-    try:
-        os.sync()
-        with open("/proc/sys/vm/drop_caches", "w") as handle:
-            handle.write("3\n")
-        return True
-    except OSError:
-        return False
-
-
-def run(command, stdout=subprocess.DEVNULL, env=None, cwd=None):
-    """Runs `command`; returns (seconds, peak RSS in MiB of that process)."""
-    start = time.monotonic()
-    process = subprocess.Popen(command, stdout=stdout, stderr=subprocess.PIPE, env=env, cwd=cwd)
-    _, status, usage = os.wait4(process.pid, 0)
-    elapsed = time.monotonic() - start
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({code}): {process.stderr.read().decode()[-2000:]}")
-    process.stderr.close()
-    return elapsed, usage.ru_maxrss / 1024
-
-
-def write_random(path, size):
-    with open(path, "wb") as handle:
-        left = size
-        while left > 0:
-            piece = min(left, 4 * MiB)
-            handle.write(os.urandom(piece))
-            left -= piece
-
-
-def vm_hwm_mib(pid):
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
-def is_mounted(path):
-    real = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as handle:
-        return any(line.split()[4] == real for line in handle)
-
-
-class Mount:
-    """One `bucketfs mount` daemon with its own runtime folder; always detached by cleanup()."""
-
-    live = []
-
-    def __init__(self, work, endpoint, source, name, cache_dir):
-        self.work = work
-        self.endpoint = endpoint
-        self.source = source
-        self.mountpoint = os.path.join(work, "mnt-" + name)
-        self.runtime = os.path.join(work, "run-" + name)
-        self.cache_dir = cache_dir
-        self.pid = None
-        os.makedirs(self.mountpoint, exist_ok=True)
-
-    def env(self):
-        env = dict(os.environ)
-        env["BUCKETFS_RUNTIME_DIR"] = self.runtime
-        env.pop("HF_TOKEN", None)
-        return env
-
-    def state(self):
-        for name in os.listdir(self.runtime) if os.path.isdir(self.runtime) else []:
-            if name.endswith(".json"):
-                with open(os.path.join(self.runtime, name)) as handle:
-                    state = json.load(handle)
-                if state.get("mountpoint") == os.path.realpath(self.mountpoint):
-                    return state
-        return {}
-
-    def start(self):
-        Mount.live.append(self)
-        result = subprocess.run([BUCKETFS, "mount", "--endpoint", self.endpoint, "--token-file",
-                                 os.path.join(self.work, "token"), "--cache-dir", self.cache_dir, self.source,
-                                 self.mountpoint], capture_output=True, text=True, env=self.env(), timeout=60)
-        if result.returncode != 0:
-            raise RuntimeError(f"mount failed: {result.stderr}")
-        self.pid = self.state().get("pid")
-        if not self.pid:
-            raise RuntimeError("mount state has no pid")
-        return self
-
-    def path(self, *parts):
-        return os.path.join(self.mountpoint, *parts)
-
-    def peak_rss(self):
-        return vm_hwm_mib(self.pid)
-
-    def pending(self):
-        return self.state().get("pending_uploads", 0)
-
-    def unmount(self, timeout=300):
-        if is_mounted(self.mountpoint):
-            result = subprocess.run([BUCKETFS, "unmount", "--timeout", str(timeout), self.mountpoint],
-                                    capture_output=True, text=True, env=self.env(), timeout=timeout + 30)
-            if result.returncode != 0:
-                raise RuntimeError(f"unmount failed: {result.stderr}")
-        if self in Mount.live:
-            Mount.live.remove(self)
-
-    def cleanup(self):
-        try:
-            if is_mounted(self.mountpoint):
-                subprocess.run([BUCKETFS, "unmount", "--timeout", "20", self.mountpoint], env=self.env(),
-                               capture_output=True, check=False, timeout=60)
-        except subprocess.TimeoutExpired:
-            pass
-        if is_mounted(self.mountpoint):
-            subprocess.run(["fusermount3", "-u", "-z", "-q", self.mountpoint], check=False, capture_output=True)
-        if self.pid:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-
-
-def read_seq(path, cap_seconds, limit=None):
-    """Reads `path` from its start in 1 MiB read(2) calls into one reused buffer (what dd bs=1M
-    does), until the end, `limit` bytes, or `cap_seconds`; returns (bytes, seconds)."""
-    buffer = bytearray(MiB)
-    view = memoryview(buffer)
-    done = 0
-    start = time.monotonic()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        while limit is None or done < limit:
-            got = os.readv(fd, [view if limit is None else view[:min(MiB, limit - done)]])
-            if got == 0:
-                break
-            done += got
-            if time.monotonic() - start > cap_seconds:
-                break
-    finally:
-        os.close(fd)
-    return done, time.monotonic() - start
-
-
-def resident_mib(path):
-    """MiB of `path` in the page cache (fincore), or None."""
-    try:
-        out = subprocess.run(["fincore", "-b", "-n", "-o", "RES", path], capture_output=True, text=True, check=True)
-        return int(out.stdout.split()[0]) / MiB
-    except (OSError, subprocess.CalledProcessError, ValueError, IndexError):
-        return None
-
-
-def abort_fuse(mountpoint):
-    """Aborts the FUSE connection of `mountpoint` (frees processes stuck on an unanswered request)."""
-    try:
-        dev = os.stat(mountpoint).st_dev
-        with open(f"/sys/fs/fuse/connections/{os.minor(dev)}/abort", "w") as handle:
-            handle.write("1")
-    except OSError:
-        pass
-
-
-def fio(path, block, seconds, size, mount=None):
-    """IOPS and MiB/s of a psync random-read job on `path` for `seconds`; None when the job hangs
-    (no answer 60 s after its end: then the mount's FUSE connection is aborted, or its daemon
-    killed when fusectl is not mounted)."""
-    process = subprocess.Popen(["fio", "--name=rand", f"--filename={path}", "--readonly", "--rw=randread",
-                                f"--bs={block}", "--ioengine=psync", "--direct=0", "--invalidate=1",
-                                f"--size={size}", "--time_based", f"--runtime={seconds}", "--output-format=json"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        out, err = process.communicate(timeout=seconds + 60)
-    except subprocess.TimeoutExpired:
-        log(f"fio {block} on {path} hung: aborting the FUSE connection")
-        if mount:
-            abort_fuse(mount.mountpoint)
-            try:
-                os.kill(mount.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        process.kill()
-        process.communicate()
-        return None
-    if process.returncode != 0:
-        raise RuntimeError(f"fio failed: {err[-2000:]}")
-    job = json.loads(out[out.index("{"):])["jobs"][0]["read"]
-    return job["iops"], job["bw_bytes"] / MiB
-
-
-def make_small_files(folder, count, fsync_each=False):
-    """Creates `count` files of 1 KiB in `folder` (which must not exist); returns seconds."""
-    payload = os.urandom(1024)
-    start = time.monotonic()
-    os.mkdir(folder)
-    for i in range(count):
-        fd = os.open(os.path.join(folder, f"f{i:05d}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        os.write(fd, payload[:1016] + i.to_bytes(8, "little"))
-        if fsync_each:
-            os.fsync(fd)
-        os.close(fd)
-    return time.monotonic() - start
 
 
 def timed_listing(command):
@@ -292,27 +77,14 @@ def main():
             + (f", peak RSS {rss:,.0f} MiB" if rss is not None else ""))
 
     try:
-        with open(os.path.join(work, "tokens"), "w") as handle:
-            handle.write(f"{TOKEN} write bench\n")
-        with open(os.path.join(work, "token"), "w") as handle:
-            handle.write(TOKEN + "\n")
-        os.chmod(os.path.join(work, "token"), 0o600)
-        ready = os.path.join(work, "ready")
-        server = subprocess.Popen([SERVER, "--data", os.path.join(work, "data"), "--tokens",
-                                   os.path.join(work, "tokens"), "--ready-file", ready],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(200):
-            if os.path.exists(ready) and open(ready).read().strip():
-                break
-            time.sleep(0.05)
-        url = open(ready).read().strip()
-        common = ["--endpoint", url, "--token-file", os.path.join(work, "token")]
+        server = Server(work, TOKEN)
+        url = server.url
+        common = server.common
 
         def bucketfs(*command, cache):
             return [BUCKETFS, *command, *common, "--cache-dir", os.path.join(work, cache)]
 
-        def create(bucket):
-            subprocess.run([BUCKETFS, "create", bucket, *common], check=True, stdout=subprocess.DEVNULL)
+        create = server.create
 
         create(BUCKET)
         big = os.path.join(work, "big.bin")
@@ -320,8 +92,7 @@ def main():
         write_random(big, size)
         subprocess.run(bucketfs("cp", big, f"hf://buckets/{BUCKET}/big.bin", cache="seed-cache"), check=True)
         remote = f"hf://buckets/{BUCKET}/big.bin"
-        resolve = ["curl", "-sf", "-o", "/dev/null", "-H", f"Authorization: Bearer {TOKEN}",
-                   f"{url}/buckets/{BUCKET}/resolve/big.bin"]
+        resolve = server.curl(BUCKET, "big.bin")
 
         for r in range(cfg.runs):
             log(f"run {r + 1} of {cfg.runs}")
@@ -362,7 +133,6 @@ def main():
                     if got is None:  # hung: record it, and go on with a new mount
                         fio_samples.setdefault(label, []).append((None, None, rss))
                         mount.cleanup()
-                        Mount.live.remove(mount)
                         mount = Mount(work, url, BUCKET, f"warm-{r}-{block}", cache).start()
                         continue
                     iops, mibs = got
@@ -420,14 +190,9 @@ def main():
             shutil.rmtree(local)
             shutil.rmtree(small_cache, ignore_errors=True)
     finally:
-        for mount in list(Mount.live):
-            mount.cleanup()
+        cleanup_all()
         if server:
-            server.terminate()
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            server.stop()
         for name in os.listdir(work):
             if name.startswith("mnt-") and is_mounted(os.path.join(work, name)):
                 subprocess.run(["fusermount3", "-u", "-z", "-q", os.path.join(work, name)], check=False)
