@@ -212,7 +212,14 @@ void Filesystem::detach(Node& node) {
 
 void Filesystem::maybe_erase(Ino ino) {
   Node* node = find(ino);
-  if (node == nullptr || ino == kRootIno || node->attached || node->lookups > 0 || node->open_handles > 0) return;
+  if (node == nullptr || ino == kRootIno || node->attached || node->open_handles > 0) return;
+  if (node->lookups > 0) {
+    // The kernel may remember a deleted or replaced inode for a while (until it forgets it), but
+    // no one can open it again: its abandoned staging files need not stay open meanwhile.
+    if (node->staged && node->staged->abandoned) node->staged.reset();
+    std::erase_if(node->superseded, [](const std::shared_ptr<Staged>& old) { return old->abandoned; });
+    return;
+  }
   nodes_.erase(ino);
 }
 
@@ -1578,6 +1585,7 @@ void Filesystem::upload_group(const std::vector<Ino>& inos) {
   ++mutations_;
   status_.xorb_bytes_sent += xorb_bytes;
   std::vector<std::pair<std::shared_ptr<Staged>, bool>> after;  // (staged, drop its record)
+  std::vector<std::shared_ptr<Staged>> obsolete;
   for (auto& job : jobs) {
     if (!job.commit) continue;
     auto& staged = job.staged;
@@ -1593,6 +1601,11 @@ void Filesystem::upload_group(const std::vector<Ino>& inos) {
       node->remote_mtime_ms = job.mtime;
       node->validated_at = Clock::now();
       node->kernel_cached = job.hash;  // the kernel saw exactly these bytes being written
+      if (node->staged == staged) {
+        // The closed versions this one replaced are older than what the bucket holds now.
+        for (auto& old : node->superseded) obsolete.push_back(std::move(old));
+        node->superseded.clear();
+      }
       if (!staged->dirty() && node->open_handles == 0 && node->staged == staged) node->staged.reset();
       // Its folders are in the bucket now, no longer this mount's own: once another client
       // empties them they go, as on every other mount.
@@ -1614,6 +1627,10 @@ void Filesystem::upload_group(const std::vector<Ino>& inos) {
       staged->base = jobs[i].hash;
     }
     if (drop_record) journal_remove(staged);
+  }
+  for (auto& old : obsolete) {
+    old->abandoned = true;
+    if (old->journaled) journal_remove(old);
   }
 }
 

@@ -1246,6 +1246,7 @@ bool BucketServer::inject_fault(const HttpRequest& request) {
 
 RouteDecision BucketServer::decide(const HttpRequest& request) {
   const std::string& raw = request.raw_path;
+  std::chrono::milliseconds answer_delay{0};
   if (inject_fault(request)) {
     using O = BucketServerOptions;
     const bool get = request.method == "GET";
@@ -1272,7 +1273,7 @@ RouteDecision BucketServer::decide(const HttpRequest& request) {
     }
     if (kind == O::kFaultStall) {
       metrics_.count_fault("stall");
-      std::this_thread::sleep_for(std::chrono::milliseconds(options_.fault_stall_ms));
+      answer_delay = std::chrono::milliseconds(options_.fault_stall_ms);
     } else if (kind == O::kFaultTruncate || kind == O::kFaultFlip) {
       // A GET has no body: handle it now and damage the answer.
       HttpRequest copy = request;
@@ -1306,7 +1307,7 @@ RouteDecision BucketServer::decide(const HttpRequest& request) {
       limit = kBatchBody;
     }
   }
-  return RouteDecision::accept(limit);
+  return RouteDecision::accept(limit).delay_answer(answer_delay);
 }
 
 HttpResponse BucketServer::handle(HttpRequest&& request) {

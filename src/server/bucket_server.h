@@ -36,8 +36,9 @@ struct BucketServerOptions {
   // but /metrics) gets one fault of a kind drawn from `fault_kinds` among those that apply to it:
   //  - status: answered 500, 503 or 429 (Retry-After: 0) before anything is done;
   //  - reset: the connection is closed without an answer (the request is not handled);
-  //  - stall: nothing is sent for `fault_stall_ms`, then the request is handled as usual (a client
-  //    whose stall timeout is shorter gives up first);
+  //  - stall: the request is handled as usual, then nothing is sent for `fault_stall_ms` before the
+  //    answer (a client whose stall timeout is shorter gives up and retries a request that already
+  //    took effect, so its retries must be idempotent);
   //  - truncate (GET only): the response announces its Content-Length, sends a part of the body and
   //    closes the connection (an empty body: the connection is closed without an answer);
   //  - flip (GET of a signed xorb URL only): one byte of the xorb bytes sent is inverted.

@@ -21,6 +21,7 @@
 #include <exception>
 #include <mutex>
 #include <random>
+#include <thread>
 
 namespace bucketfs::server {
 namespace {
@@ -465,6 +466,7 @@ struct RequestState {
   bool answered = false;  // a response is queued
   bool too_large = false;  // the body is being dropped; 413 once it ends
   std::uint64_t dropped = 0;
+  std::chrono::milliseconds answer_delay{0};  // RouteDecision::delay_answer
 };
 
 }  // namespace
@@ -609,6 +611,7 @@ struct HttpServer::Impl {
       if (decision.closes()) return MHD_NO;  // libmicrohttpd closes the connection, no answer
       if (auto& response = decision.response()) return answer(connection, state, std::move(*response));
       limit = decision.max_body();
+      state.answer_delay = decision.answer_delay();
     }
     state.max_body = limit.value_or(options.default_max_body);
 
@@ -661,6 +664,7 @@ struct HttpServer::Impl {
     } catch (...) {
       response = handler_failed(state.request, "unknown exception");
     }
+    if (state.answer_delay.count() > 0) std::this_thread::sleep_for(state.answer_delay);
     return answer(connection, state, std::move(response));
   }
 

@@ -208,6 +208,13 @@ class RouteDecision {
     return decision;
   }
   bool closes() const { return close_; }
+  // Fault injection: handle the request as usual, then hold the answer back this long (the client
+  // gives up waiting although the request took effect).
+  RouteDecision& delay_answer(std::chrono::milliseconds delay) {
+    answer_delay_ = delay;
+    return *this;
+  }
+  std::chrono::milliseconds answer_delay() const { return answer_delay_; }
 
   const std::optional<std::size_t>& max_body() const { return max_body_; }
   const std::optional<HttpResponse>& response() const { return response_; }
@@ -219,6 +226,7 @@ class RouteDecision {
   std::optional<std::size_t> max_body_;
   std::optional<HttpResponse> response_;
   bool close_ = false;
+  std::chrono::milliseconds answer_delay_{0};
 };
 
 // ---- The server ----------------------------------------------------------------------------------------

@@ -632,11 +632,11 @@ class Call {
 
   DownloadResult<void> fetch(Job& job, WorkerScratch& scratch) {
     // Refetches after bytes that did not verify (framing, decompression, sizes, a short body) and
-    // after two fetches of an unverifiable range that disagree. The first confirming fetch of an
-    // unverifiable range is not counted.
+    // after a fetch of an unverifiable range that agrees with no earlier one. The first confirming
+    // fetch of an unverifiable range is not counted. Any two fetches that agree are accepted, so one
+    // damaged answer costs one refetch, not two.
     int refetches = 0;
-    bool confirming = false;
-    std::vector<std::vector<xet::Hash>> earlier;  // chunk hashes of the unverified ranges of the last fetch
+    std::vector<std::vector<std::vector<xet::Hash>>> earlier;  // per fetch: chunk hashes of its unverified ranges
     auto retry = [&](const DownloadError& error) -> std::optional<DownloadError> {
       if (refetches >= impl_.options.max_refetches || stop_token_.cancelled()) return error;
       ++refetches;
@@ -689,11 +689,10 @@ class Call {
         for (std::size_t r = 0; r < entry.ranges.size(); ++r) {
           if (!verified[r]) unverified.push_back(job.ranges[r].hashes);
         }
-        if (!unverified.empty() && unverified != earlier) {
-          // First sight, or a disagreement with the previous fetch: fetch again and compare.
-          const bool first = !confirming;
-          confirming = true;
-          earlier = std::move(unverified);
+        if (!unverified.empty() && std::find(earlier.begin(), earlier.end(), unverified) == earlier.end()) {
+          // First sight, or a disagreement with every earlier fetch: fetch again and compare.
+          const bool first = earlier.empty();
+          earlier.push_back(std::move(unverified));
           impl_.confirmations.fetch_add(1, std::memory_order_relaxed);
           if (first) {
             job.ranges.assign(entry.ranges.size(), DecodedRange{});

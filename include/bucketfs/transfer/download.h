@@ -48,11 +48,12 @@
 //    length) is fetched again, up to `max_refetches` times per job; then the call fails (kind
 //    corrupt). Nothing of a failed fetch is cached or handed to the sink.
 //  * A range that cannot be checked against its xorb hash (a part of a xorb) is, with
-//    `confirm_unverified`, fetched twice and used only when both fetches give the same chunk
-//    hashes (else fetched again, within `max_refetches`). That catches bytes damaged in transit
-//    (a proxy, the injected faults of bucketfs-server), not a xorb damaged at rest on the server:
-//    the protocol gives clients no hash of a part of a xorb. It doubles the transfer of such
-//    ranges. Ranges verified by their xorb hash are fetched once.
+//    `confirm_unverified`, fetched twice and used only when two fetches give the same chunk
+//    hashes (else fetched again, within `max_refetches`, until one agrees with any earlier one).
+//    That catches bytes damaged in transit (a proxy, the injected faults of bucketfs-server),
+//    not a xorb damaged at rest on the server: the protocol gives clients no hash of a part of
+//    a xorb. It doubles the transfer of such ranges. Ranges verified by their xorb hash are
+//    fetched once.
 //
 // Signed URLs: a fetch answered 403 (url_expired) makes the call fetch the reconstruction again
 // (at most `max_reconstruction_refreshes` times per call), take the new URLs of the same entries
