@@ -827,8 +827,13 @@ FsResult<std::pair<Attributes, OpenedFile>> Filesystem::create(Ino parent, const
   handle->ino = node.ino;
   handle->writable = true;
   handle->staged = node.staged;
+  OpenedFile opened{id, true};
+  if ((flags & O_ACCMODE) == O_WRONLY) {  // a new inode: no page of it is cached anywhere
+    opened.direct_io = handle->direct = true;
+    ++node.direct_handles;
+  }
   handles_[id] = std::move(handle);
-  return std::pair{attributes_of(node), OpenedFile{id, true}};
+  return std::pair{attributes_of(node), opened};
 }
 
 FsResult<OpenedFile> Filesystem::open(Ino ino, int flags) {
@@ -896,8 +901,17 @@ FsResult<OpenedFile> Filesystem::open(Ino ino, int flags) {
   handle->ino = ino;
   handle->writable = writable;
   if (writable) handle->staged = node->staged;
+  // A write-only handle goes direct when no other handle is open (else the others could read
+  // pages it made stale); any handle opened while a direct one is open goes direct too.
+  const bool alone = node->open_handles == 1;
+  handle->direct = node->direct_handles > 0 || ((flags & O_ACCMODE) == O_WRONLY && alone);
+  if (handle->direct) {
+    ++node->direct_handles;
+    keep_cache = false;  // the kernel drops what it cached before, and caches nothing meanwhile
+  }
+  const bool direct = handle->direct;
   handles_[id] = std::move(handle);
-  return OpenedFile{id, keep_cache};
+  return OpenedFile{id, keep_cache, direct};
 }
 
 FsResult<void> Filesystem::read(std::uint64_t id, std::uint64_t offset, std::size_t length,
@@ -1291,6 +1305,7 @@ void Filesystem::release(std::uint64_t id) {
     if (node != nullptr) {
       --node->open_handles;
       if (handle->writable) --node->open_writers;
+      if (handle->direct) --node->direct_handles;
       if (node->staged && node->attached) {
         if (node->staged->dirty()) {
           if (node->open_writers == 0) enqueue(*node);
@@ -1318,6 +1333,7 @@ FsResult<std::vector<DirectoryEntry>> Filesystem::list(Ino ino) {
 }
 
 FsResult<std::string> Filesystem::xattr(Ino ino, const std::string& name) {
+  if (!name.starts_with("user.")) return std::unexpected(EOPNOTSUPP);
   std::lock_guard lock(mutex_);
   Node* node = find(ino);
   if (node == nullptr) return std::unexpected(ENOENT);

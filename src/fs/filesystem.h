@@ -47,6 +47,11 @@ struct Attributes {
 struct OpenedFile {
   std::uint64_t handle = 0;
   bool keep_cache = false;
+  // Served without the kernel page cache (FOPEN_DIRECT_IO): write-only handles, so the bytes
+  // written go from the writer's pages to the staging file in one copy, not through a page-cache
+  // page first; and, while one is open, every other handle of the file, so none reads pages a
+  // direct write made stale.
+  bool direct_io = false;
 };
 
 struct DirectoryEntry {
@@ -108,6 +113,7 @@ struct Node {
   std::uint64_t lookups = 0;
   std::uint32_t open_handles = 0;
   std::uint32_t open_writers = 0;
+  std::uint32_t direct_handles = 0;  // open handles with OpenedFile::direct_io
 
   // Directory.
   std::map<std::string, Ino> children;
@@ -166,7 +172,10 @@ class Filesystem {
   FsResult<void> fsync(std::uint64_t handle);  // wait for the commit
   void release(std::uint64_t handle);
   FsResult<std::vector<DirectoryEntry>> list(Ino ino);  // every child with its attributes
-  // user.xet.hash / user.xet.size of a committed file.
+  // user.xet.hash / user.xet.size of a committed file; ENODATA for other user.* names. Names of
+  // other namespaces (security.*, system.posix_acl_*, trusted.*) are EOPNOTSUPP: bucketfs stores
+  // none, and that answer lets `ls -l` remember per filesystem that it need not ask for every
+  // entry (ENODATA would cost it two round trips per file listed).
   FsResult<std::string> xattr(Ino ino, const std::string& name);
   // Counts one more kernel reference of `ino`, the child `name` of `parent` (readdirplus
   // entries). False when that name no longer leads to that node (deleted, renamed or replaced
@@ -180,6 +189,7 @@ class Filesystem {
   struct Handle {
     Ino ino = 0;
     bool writable = false;
+    bool direct = false;                    // OpenedFile::direct_io
     std::shared_ptr<Staged> staged;         // writable handles: the file they write
     std::unique_ptr<RemoteReader> reader;   // read handles of a remote file
     std::mutex reader_mutex;                // guards creating `reader`

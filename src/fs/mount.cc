@@ -208,6 +208,7 @@ void on_create(fuse_req_t request, fuse_ino_t parent, const char* name, mode_t, 
   }
   info->fh = created->second.handle;
   info->keep_cache = created->second.keep_cache ? 1 : 0;
+  info->direct_io = created->second.direct_io ? 1 : 0;
   auto entry = to_entry(impl, created->first);
   if (fuse_reply_create(request, &entry, info) != 0) impl.filesystem.release(info->fh);
 }
@@ -221,6 +222,7 @@ void on_open(fuse_req_t request, fuse_ino_t ino, fuse_file_info* info) {
   }
   info->fh = opened->handle;
   info->keep_cache = opened->keep_cache ? 1 : 0;
+  info->direct_io = opened->direct_io ? 1 : 0;
   if (fuse_reply_open(request, info) != 0) impl.filesystem.release(info->fh);
 }
 

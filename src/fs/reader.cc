@@ -153,10 +153,6 @@ std::optional<transfer::DownloadResult<void>> RemoteReader::read_stream(
 
 transfer::DownloadResult<void> RemoteReader::read_direct(std::uint64_t offset, std::size_t length,
                                                          const std::function<void(std::span<const std::byte>)>& reply) {
-  if (offset >= direct_start_ && offset + length <= direct_start_ + direct_.size()) {
-    reply({direct_.data() + (offset - direct_start_), length});
-    return {};
-  }
   // Contiguous reads that have not earned a stream yet fetch growing windows (up to 4 MiB).
   const std::size_t window = static_cast<std::size_t>(std::clamp<std::uint64_t>(run_bytes_, kRandomWindow, kStreamAfter));
   const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(std::max(length, window), size_ - offset));
@@ -187,6 +183,14 @@ transfer::DownloadResult<void> RemoteReader::read(std::uint64_t offset, std::siz
     return {};
   }
   length = static_cast<std::size_t>(std::min<std::uint64_t>(length, size_ - offset));
+  if (offset >= direct_start_ && offset + length <= direct_start_ + direct_.size()) {
+    // The window of the last direct fetch (it answers the first reads of a large file while the
+    // stream's first fetch is still arriving).
+    run_bytes_ = offset == last_end_ ? run_bytes_ + length : length;
+    last_end_ = offset + length;
+    reply({direct_.data() + (offset - direct_start_), length});
+    return {};
+  }
   if (auto served = read_stream(offset, length, reply); served) {
     last_end_ = offset + length;
     return *served;
@@ -197,6 +201,10 @@ transfer::DownloadResult<void> RemoteReader::read(std::uint64_t offset, std::siz
   if (offset == 0 || (contiguous && run_bytes_ >= kStreamAfter)) {
     stop_stream();
     start_stream(offset);
+    // The stream hands out nothing before its first fetch has arrived whole and verified (a xorb,
+    // up to 64 MiB): a first read at the start of a large file (a header, a magic number) is
+    // fetched alone meanwhile. A file the ring holds whole waits for its file hash instead.
+    if (offset == 0 && size_ > pool_.capacity() && length <= kRandomWindow) return read_direct(offset, length, reply);
     if (auto served = read_stream(offset, length, reply); served) return *served;
     // The stream failed before reaching the read: say why (or fetch directly).
     std::optional<transfer::DownloadError> error;

@@ -11,7 +11,9 @@
 //
 // A file no larger than the ring, read from its start, is downloaded whole and its bytes are
 // handed out only after its file hash checked (so chunks in xorbs shared with other files, which
-// no xorb hash covers, are verified too).
+// no xorb hash covers, are verified too). In a larger file the stream's first bytes wait for its
+// first fetch (a whole xorb, verified), so a small first read at offset 0 is also fetched alone,
+// as a random read is, and answered at once (time to first byte).
 //
 // Any other read is random: its bytes are fetched alone (at least 128 KiB, doubling while reads
 // stay contiguous, and kept for the next read) and nothing is prefetched; a stream far from the

@@ -162,6 +162,11 @@ class SemanticsTest(unittest.TestCase):
         hash_before = common.xet_hash(local)
         mount = self.mounted(server, workspace, bucket)
         self.assertEqual(os.getxattr(mount.path("dir", "file.bin"), "user.xet.hash").decode(), hash_before)
+        # Other user.* names do not exist; other namespaces are not supported at all, which `ls -l`
+        # remembers per filesystem instead of asking twice per entry listed.
+        self.assertErrno(errno.ENODATA, os.getxattr, mount.path("dir", "file.bin"), "user.other")
+        for name in ("security.selinux", "system.posix_acl_access", "trusted.x"):
+            self.assertErrno(errno.EOPNOTSUPP, os.getxattr, mount.path("dir", "file.bin"), name)
         twin = Twin(self, mount.path("dir", "file.bin"), local)
         # r+ opens without O_TRUNC: the middle changes, the rest keeps the committed bytes.
         offset = 1 * MiB + self.rng.randrange(MiB)
