@@ -5,6 +5,7 @@ data, sequential and fio reads, and the npm client scripts."""
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -320,6 +321,15 @@ def cleanup_all():
         mount.cleanup()
     for passthrough in list(Passthrough.live):
         passthrough.cleanup()
+
+
+def hot_read(path, cap_seconds, limit, passes=3):
+    """MiB/s of the median of `passes` sequential reads of the first `limit` bytes of `path`."""
+    rates = []
+    for _ in range(passes):
+        got, seconds = read_seq(path, cap_seconds, limit=limit)
+        rates.append(got / MiB / seconds)
+    return statistics.median(rates)
 
 
 def read_seq(path, cap_seconds, limit=None, first_byte=False):
