@@ -231,6 +231,9 @@ int run_daemon(const MountArgs& args, const naming::BucketPath& where, const std
   hub::XetTokenOptions write_scope;
   write_scope.write = true;
   hub::XetTokenSource write_tokens((*client)->hub(), where.bucket, write_scope);
+  // The first read of the mount then waits for one request less (time to first byte). A failure
+  // here is retried by that read, which reports it.
+  (void)read_tokens.get();
   hub::CasClient read_cas((*client)->transport(), read_tokens);
   hub::CasClient write_cas((*client)->transport(), write_tokens);
 

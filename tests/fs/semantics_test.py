@@ -246,11 +246,30 @@ class SemanticsTest(unittest.TestCase):
             with open(mount.path("open.bin"), "rb") as reader:
                 reader.seek(100)
                 self.assertEqual(reader.read(7), b"patched")
+            # A reader open across a write sees it at once (while the write-only handle, which
+            # bypasses the page cache, is open, every handle of the file does).
+            with open(mount.path("open.bin"), "rb") as reader:
+                self.assertEqual(reader.read(7), data[:7])
+                os.pwrite(fd, b"again", 0)
+                self.assertEqual(os.pread(reader.fileno(), 5, 0), b"again")  # past Python's buffer
             # No xattr of a committed hash while the bytes are not committed.
             self.assertErrno(errno.ENODATA, os.getxattr, mount.path("open.bin"), "user.xet.hash")
         finally:
             os.close(fd)
-        data = data[:100] + b"patched" + data[107:]
+        data = b"again" + data[5:100] + b"patched" + data[107:]
+        with open(mount.path("open.bin"), "rb") as reader:
+            self.assertTrue(reader.read() == data)
+            # A writer opened while this reader is open goes through the page cache, which the
+            # reader sees.
+            writer = os.open(mount.path("open.bin"), os.O_WRONLY)
+            os.pwrite(writer, b"third", 200)
+            os.close(writer)
+            self.assertEqual(os.pread(reader.fileno(), 5, 200), b"third")
+        # A write-only handle alone drops the pages cached before (the reads above kept them).
+        writer = os.open(mount.path("open.bin"), os.O_WRONLY)
+        os.pwrite(writer, b"fourth", 300)
+        os.close(writer)
+        data = data[:200] + b"third" + data[205:300] + b"fourth" + data[306:]
         with open(mount.path("open.bin"), "rb") as reader:
             self.assertTrue(reader.read() == data)
         self.unmount_ok(mount)
