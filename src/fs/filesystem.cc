@@ -267,8 +267,12 @@ FsResult<void> Filesystem::refresh_directory(std::unique_lock<std::mutex>& lock,
   std::vector<hub::TreeEntry> entries;
   // A mutation of ours that raced the listing may be missing from it (an upload), or still in it
   // (a delete or rename): such a listing is taken again, a few times at most.
+  bool raced = false;
   for (int attempt = 0;; ++attempt) {
     mutations_before = mutations_;
+    // A batch in flight may already be applied by the server (its answer late) while this mount
+    // does not know yet: a listing overlapping one may be ahead of us (a renamed file gone).
+    const bool quiet_before = batches_in_flight_ == 0;
     entries.clear();
     lock.unlock();
     auto listed = services_.hub->for_each_tree_entry(options_.bucket, path, hub::TreeOptions{.recursive = false, .limit = std::nullopt},
@@ -285,11 +289,12 @@ FsResult<void> Filesystem::refresh_directory(std::unique_lock<std::mutex>& lock,
       if (directory->listed) return {};  // serve the stale listing rather than fail
       return std::unexpected(EIO);
     }
-    if (mutations_ == mutations_before || attempt == 2) break;
+    raced = mutations_ != mutations_before || !quiet_before || batches_in_flight_ > 0;
+    if (!raced || attempt == 2) break;
   }
   // Still raced: only update what we know; add and remove nothing (a name we just deleted or
-  // renamed away would come back), and list again at the next access.
-  const bool complete = mutations_ == mutations_before;
+  // renamed away would come back, one renamed here would go), and list again at the next access.
+  const bool complete = !raced;
   const std::string base = path.empty() ? std::string() : path + "/";
   std::map<std::string, bool> seen;
   const auto now = Clock::now();
@@ -1346,7 +1351,16 @@ FsResult<std::string> Filesystem::xattr(Ino ino, const std::string& name) {
 }
 
 FsResult<void> Filesystem::commit_batch(const std::vector<hub::BatchOperation>& operations, const std::string& what) {
+  {
+    std::lock_guard lock(mutex_);
+    ++batches_in_flight_;
+  }
   auto result = services_.hub->batch(options_.bucket, operations);
+  {
+    std::lock_guard lock(mutex_);
+    --batches_in_flight_;
+    ++mutations_;  // whatever the answer says, the server may have applied it
+  }
   if (!result) {
     log_line(what + " failed: " + result.error().describe());
     std::lock_guard lock(mutex_);

@@ -260,6 +260,7 @@ class Filesystem {
   std::uint64_t next_handle_ = 1;
   std::deque<std::pair<std::chrono::steady_clock::time_point, Ino>> queue_;
   std::uint64_t mutations_ = 0;  // remote mutations made by this mount, to detect racing listings
+  std::uint32_t batches_in_flight_ = 0;  // commit_batch calls waiting for their answer
   std::uint64_t next_staging_ = 0;
   bool stopping_ = false;
   MountStatus status_;
