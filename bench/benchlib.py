@@ -148,13 +148,7 @@ class Server:
         return vm_hwm_mib(self.process.pid)
 
     def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        end_process(self.process)
 
 
 class Mount:
@@ -300,13 +294,8 @@ class Passthrough:
         return vm_hwm_mib(self.process.pid)
 
     def stop(self):
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process:
+            end_process(self.process)
         if is_mounted(self.mountpoint):
             subprocess.run(["fusermount3", "-u", "-z", "-q", self.mountpoint], check=False, capture_output=True)
         if self in Passthrough.live:
@@ -321,6 +310,18 @@ def cleanup_all():
         mount.cleanup()
     for passthrough in list(Passthrough.live):
         passthrough.cleanup()
+
+
+def end_process(process):
+    """SIGTERM, up to 20 s to exit, then SIGKILL; nothing when it has ended."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def hot_read(path, cap_seconds, limit, passes=3):
