@@ -685,6 +685,31 @@ struct ChunkCache::State {
     latest = std::max(latest, ms);
   }
 
+  Result<std::optional<std::vector<std::uint32_t>>> chunk_sizes(const xet::Hash& xorb, std::uint32_t first,
+                                                                 std::uint32_t last) {
+    if (first >= last) return std::unexpected(Error{ErrorCode::kInvalidArgument, 0, "empty chunk range"});
+    std::vector<std::uint32_t> sizes;
+    sizes.reserve(last - first);
+    std::optional<lmdb::Transaction> txn;
+    for (std::uint32_t index = first; index < last; ++index) {
+      const ChunkKey key = format::chunk_key(xorb, index);
+      std::optional<Location> loc = find_queued(key);
+      if (!loc) {
+        if (!txn) {
+          auto begun = env().begin_read();
+          if (!begun) return std::unexpected(format::store_error(begun.error()));
+          txn.emplace(std::move(*begun));
+        }
+        auto found = find_committed(*txn, key);
+        if (!found) return std::unexpected(found.error());
+        loc = *found;
+      }
+      if (!loc) return std::optional<std::vector<std::uint32_t>>{};
+      sizes.push_back(loc->raw_size);
+    }
+    return std::optional<std::vector<std::uint32_t>>{std::move(sizes)};
+  }
+
   Result<std::optional<RangeRead>> get_range(const xet::Hash& xorb, std::uint32_t first, std::uint32_t last,
                                              std::span<std::byte> out) {
     if (first >= last) return std::unexpected(Error{ErrorCode::kInvalidArgument, 0, "empty chunk range"});
@@ -888,6 +913,11 @@ Result<std::optional<xet::ByteSpan>> ChunkCache::get(const xet::Hash& xorb, std:
 Result<std::optional<RangeRead>> ChunkCache::get_range(const xet::Hash& xorb, std::uint32_t first,
                                                        std::uint32_t last, std::span<std::byte> out) {
   return state_->get_range(xorb, first, last, out);
+}
+
+Result<std::optional<std::vector<std::uint32_t>>> ChunkCache::chunk_sizes(const xet::Hash& xorb,
+                                                                          std::uint32_t first, std::uint32_t last) {
+  return state_->chunk_sizes(xorb, first, last);
 }
 
 Result<void> ChunkCache::flush() { return state_->flush(); }

@@ -211,6 +211,27 @@ TEST_F(ChunkCacheTest, MissIsAnEmptyOptionalAndPrefixHitsStopAtTheGap) {
   EXPECT_GE(stats(*cache).misses, 5u);
 }
 
+TEST_F(ChunkCacheTest, ChunkSizesComeFromTheIndexAllOrNothing) {
+  auto cache = open_cache(options());
+  const TestXorb x = make_xorb(5, 8, 20000, /*compressible=*/true);
+  ASSERT_TRUE(cache->put(x.hash, 2, x.data(2, 6)));  // chunks 2..5
+  for (int flushed = 0; flushed < 2; ++flushed) {  // from the queue, then from LMDB
+    auto sizes = cache->chunk_sizes(x.hash, 2, 6);
+    ASSERT_TRUE(sizes && *sizes);
+    ASSERT_EQ((*sizes)->size(), 4u);
+    for (std::size_t i = 0; i < 4; ++i) EXPECT_EQ((**sizes)[i], x.chunks[2 + i].size()) << i;  // raw, not stored
+    auto gap = cache->chunk_sizes(x.hash, 1, 6);
+    ASSERT_TRUE(gap);
+    EXPECT_FALSE(*gap);
+    auto past = cache->chunk_sizes(x.hash, 4, 7);
+    ASSERT_TRUE(past);
+    EXPECT_FALSE(*past);
+    ASSERT_TRUE(cache->flush());
+  }
+  EXPECT_FALSE(cache->chunk_sizes(x.hash, 3, 3));  // an empty range is an error
+  EXPECT_EQ(stats(*cache).hits, 0u);                 // no bytes were read
+}
+
 TEST_F(ChunkCacheTest, ReopenKeepsEntries) {
   const TestXorb x = make_xorb(5, 5, kChunk);
   {

@@ -155,10 +155,26 @@ transfer::DownloadResult<void> RemoteReader::read_direct(std::uint64_t offset, s
                                                          const std::function<void(std::span<const std::byte>)>& reply) {
   // Contiguous reads that have not earned a stream yet fetch growing windows (up to 4 MiB).
   const std::size_t window = static_cast<std::size_t>(std::clamp<std::uint64_t>(run_bytes_, kRandomWindow, kStreamAfter));
-  const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(std::max(length, window), size_ - offset));
-  direct_.resize(want);
+  std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(std::max(length, window), size_ - offset));
+  // From the chunk cache, a random read takes only the chunks holding it, and a run its window.
+  // The first direct read asks the server: a cold file would waste the layout request on it.
+  const std::size_t cached_want = run_bytes_ > length ? want : length;
+  direct_.resize(cached_want);
   direct_start_ = offset;
   std::size_t filled = 0;
+  const bool try_cache = direct_reads_++ > 0;
+  auto cached = !try_cache ? transfer::DownloadResult<bool>{false} : downloader_.read_from_cache(hash_, size_, {offset, offset + cached_want}, [&](std::span<const std::byte> piece) {
+    if (piece.size() > cached_want - filled) return false;
+    std::memcpy(direct_.data() + filled, piece.data(), piece.size());
+    filled += piece.size();
+    return true;
+  });
+  if (cached && *cached && filled == cached_want) {
+    reply({direct_.data(), length});
+    return {};
+  }
+  direct_.resize(want);
+  filled = 0;
   auto done = downloader_.read_range(hash_, size_, {offset, offset + want}, [&](std::span<const std::byte> piece) {
     if (piece.size() > want - filled) return false;
     std::memcpy(direct_.data() + filled, piece.data(), piece.size());

@@ -17,7 +17,9 @@
 //
 // Any other read is random: its bytes are fetched alone (at least 128 KiB, doubling while reads
 // stay contiguous, and kept for the next read) and nothing is prefetched; a stream far from the
-// read is cancelled. Reads a little behind the stream (the
+// read is cancelled. From the second such read on, a read whose chunks are all in the chunk
+// cache is planned without the server (Downloader::read_from_cache) and reads only the chunks
+// holding its bytes. Reads a little behind the stream (the
 // kernel's readahead arrives out of order) are served from the bytes the ring still holds.
 //
 // Ring buffers come from a WindowPool shared by every reader of a mount and are reused (fresh
@@ -104,6 +106,7 @@ class RemoteReader {
   // The bytes of the last direct fetch, file offsets [direct_start_, direct_start_ + direct_.size()).
   std::vector<std::byte> direct_;
   std::uint64_t direct_start_ = 0;
+  std::uint64_t direct_reads_ = 0;
 };
 
 }  // namespace bucketfs::fs

@@ -7,6 +7,8 @@
 #include <condition_variable>
 #include <cstring>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <thread>
 #include <utility>
@@ -308,6 +310,15 @@ struct Job {
   std::optional<DownloadError> error;
 };
 
+// What read_from_cache() knows of one file: its terms at their file offsets and, per term once
+// looked up in the cache index, where each of its chunks ends within the term.
+struct FileLayout {
+  std::vector<xet::ReconstructionTerm> terms;
+  std::vector<std::uint64_t> term_starts;  // file offset of each term, and the file size last
+  std::mutex mutex;
+  std::vector<std::vector<std::uint32_t>> chunk_ends;  // GUARDED_BY(mutex); empty: not looked up yet
+};
+
 }  // namespace
 
 struct Downloader::Impl {
@@ -334,6 +345,10 @@ struct Downloader::Impl {
 
   DownloadResult<void> run(const xet::Hash& file_hash, std::uint64_t file_size, std::optional<xet::FileByteRange> range,
                            const ByteSink& sink);
+  DownloadResult<bool> read_from_cache(const xet::Hash& file_hash, std::uint64_t file_size, xet::FileByteRange range,
+                                       const ByteSink& sink);
+  // The layout of a file, fetched when not known; null when it cannot be had.
+  std::shared_ptr<FileLayout> layout(const xet::Hash& file_hash, std::uint64_t file_size);
 
   hub::CasClient& cas;
   cache::ChunkCache* cache;
@@ -341,6 +356,9 @@ struct Downloader::Impl {
   BufferPool pool;
   std::mutex scratch_mutex;
   std::vector<std::unique_ptr<WorkerScratch>> scratch;  // GUARDED_BY(scratch_mutex)
+  std::mutex layouts_mutex;
+  // Most recently used last; at most kLayouts.
+  std::vector<std::pair<xet::Hash, std::shared_ptr<FileLayout>>> layouts;  // GUARDED_BY(layouts_mutex)
 
   std::atomic<std::uint64_t> bytes_fetched{0};
   std::atomic<std::uint64_t> bytes_from_cache{0};
@@ -354,6 +372,8 @@ struct Downloader::Impl {
   std::atomic<std::uint64_t> confirmations{0};
   std::atomic<std::uint64_t> peak_buffer_bytes{0};
   std::atomic<std::uint64_t> peak_in_flight{0};
+  std::atomic<std::uint64_t> reads_from_cache{0};
+  std::atomic<std::uint64_t> layouts_fetched{0};
 };
 
 namespace {
@@ -841,6 +861,134 @@ DownloadResult<void> Downloader::Impl::run(const xet::Hash& file_hash, std::uint
   return {};
 }
 
+std::shared_ptr<FileLayout> Downloader::Impl::layout(const xet::Hash& file_hash, std::uint64_t file_size) {
+  {
+    std::lock_guard lock(layouts_mutex);
+    for (auto it = layouts.begin(); it != layouts.end(); ++it) {
+      if (it->first != file_hash) continue;
+      auto found = std::move(*it);
+      layouts.erase(it);
+      layouts.push_back(std::move(found));
+      return layouts.back().second;
+    }
+  }
+  if (options.cancel && options.cancel->cancelled()) return nullptr;
+  http::CancellationToken cancel;
+  http::CancellationToken::Registration registration;
+  if (options.cancel) registration = options.cancel->on_cancel([&] { cancel.cancel(); });
+  auto recon = cas.get_reconstruction(file_hash, std::nullopt, &cancel);
+  if (!recon || recon->offset_into_first_range != 0) return nullptr;
+  layouts_fetched.fetch_add(1, std::memory_order_relaxed);
+  auto made = std::make_shared<FileLayout>();
+  made->terms = std::move(recon->terms);
+  made->term_starts.reserve(made->terms.size() + 1);
+  std::uint64_t at = 0;
+  for (const auto& term : made->terms) {
+    // A term longer than a chunk index can describe is not a term this path plans.
+    if (term.unpacked_length == 0 || term.unpacked_length > UINT32_MAX || term.chunks.size() == 0) return nullptr;
+    made->term_starts.push_back(at);
+    at += term.unpacked_length;
+  }
+  if (at != file_size) return nullptr;
+  made->term_starts.push_back(at);
+  made->chunk_ends.resize(made->terms.size());
+  std::lock_guard lock(layouts_mutex);
+  if (layouts.size() >= kLayouts) layouts.erase(layouts.begin());
+  layouts.emplace_back(file_hash, made);
+  return made;
+}
+
+DownloadResult<bool> Downloader::Impl::read_from_cache(const xet::Hash& file_hash, std::uint64_t file_size,
+                                                       xet::FileByteRange range, const ByteSink& sink) {
+  range.end = std::min(range.end, file_size);
+  if (range.start >= range.end || file_hash.is_zero()) return true;
+  if (cache == nullptr || range.length() > kMaxCacheRead) return false;
+  const auto file = layout(file_hash, file_size);
+  if (!file) return false;
+  // Each piece: chunks [first, end) of a term's xorb, and the bytes of the range they hold.
+  struct Piece {
+    std::size_t term;
+    std::uint32_t first;
+    std::uint32_t end;
+    std::uint64_t skip;  // bytes of chunk `first` before the range
+    std::uint64_t take;
+  };
+  std::vector<Piece> pieces;
+  std::uint64_t need = 0;
+  {
+    std::lock_guard lock(file->mutex);
+    auto t = static_cast<std::size_t>(
+        std::upper_bound(file->term_starts.begin(), file->term_starts.end(), range.start) - file->term_starts.begin() - 1);
+    for (; t < file->terms.size() && file->term_starts[t] < range.end; ++t) {
+      const auto& term = file->terms[t];
+      auto& ends = file->chunk_ends[t];
+      if (ends.empty()) {
+        auto sizes = cache->chunk_sizes(term.xorb, static_cast<std::uint32_t>(term.chunks.start),
+                                        static_cast<std::uint32_t>(term.chunks.end));
+        if (!sizes || !*sizes) return false;
+        std::uint64_t sum = 0;
+        std::vector<std::uint32_t> made;
+        made.reserve((*sizes)->size());
+        for (const std::uint32_t size : **sizes) {
+          sum += size;
+          if (sum > term.unpacked_length) return false;  // the index disagrees with the reconstruction
+          made.push_back(static_cast<std::uint32_t>(sum));
+        }
+        if (sum != term.unpacked_length) return false;
+        ends = std::move(made);
+      }
+      const std::uint64_t term_start = file->term_starts[t];
+      const std::uint64_t from = std::max(range.start, term_start) - term_start;
+      const std::uint64_t to = std::min(range.end, file->term_starts[t + 1]) - term_start;
+      // Chunk i holds term bytes [ends[i-1], ends[i]).
+      const auto first = static_cast<std::size_t>(std::upper_bound(ends.begin(), ends.end(), from) - ends.begin());
+      const auto last = static_cast<std::size_t>(std::lower_bound(ends.begin(), ends.end(), to) - ends.begin());
+      const std::uint64_t first_start = first == 0 ? 0 : ends[first - 1];
+      pieces.push_back({t, static_cast<std::uint32_t>(term.chunks.start + first),
+                        static_cast<std::uint32_t>(term.chunks.start + last + 1), from - first_start, to - from});
+      need += ends[last] - first_start;
+    }
+  }
+  Buffer buffer = pool.acquire(static_cast<std::size_t>(need), static_cast<std::size_t>(need) + kMiB);
+  std::vector<std::span<const std::byte>> out;
+  std::size_t pos = 0;
+  bool complete = true;
+  for (const Piece& piece : pieces) {
+    const xet::Hash& xorb = file->terms[piece.term].xorb;
+    const std::size_t piece_start = pos;
+    for (std::uint32_t c = piece.first; c < piece.end && complete;) {
+      auto got = cache->get_range(xorb, c, piece.end, buffer.span().subspan(pos));
+      if (!got || !*got || (*got)->end <= c) {
+        complete = false;
+        break;
+      }
+      pos += (*got)->size;
+      c = (*got)->end;
+    }
+    if (!complete) break;
+    if (piece_start + piece.skip + piece.take > pos) {  // chunks shorter than the index said
+      complete = false;
+      break;
+    }
+    out.emplace_back(buffer.data.get() + piece_start + piece.skip, static_cast<std::size_t>(piece.take));
+  }
+  std::optional<DownloadError> stopped;
+  if (complete) {
+    for (const auto bytes : out) {
+      if (!sink(bytes)) {
+        stopped = DownloadError{DownloadErrorKind::cancelled, hub::HubErrorKind::cancelled, "the sink stopped the download"};
+        break;
+      }
+      bytes_delivered.fetch_add(bytes.size(), std::memory_order_relaxed);
+    }
+    bytes_from_cache.fetch_add(pos, std::memory_order_relaxed);
+    reads_from_cache.fetch_add(1, std::memory_order_relaxed);
+  }
+  pool.release(std::move(buffer));
+  if (stopped) return std::unexpected(*stopped);
+  return complete;
+}
+
 Downloader::Downloader(hub::CasClient& cas, cache::ChunkCache* cache, DownloaderOptions options)
     : impl_(std::make_unique<Impl>(cas, cache, options)) {}
 
@@ -866,6 +1014,12 @@ DownloadResult<void> Downloader::read_range(const xet::Hash& file_hash, std::uin
   return impl_->run(file_hash, file_size, range, sink);
 }
 
+DownloadResult<bool> Downloader::read_from_cache(const xet::Hash& file_hash, std::uint64_t file_size,
+                                                  xet::FileByteRange range, const ByteSink& sink) {
+  if (range.end < range.start) return fail(DownloadErrorKind::invalid_argument, "range ends before it starts");
+  return impl_->read_from_cache(file_hash, file_size, range, sink);
+}
+
 DownloadStats Downloader::stats() const {
   DownloadStats out;
   out.bytes_fetched = impl_->bytes_fetched.load();
@@ -880,6 +1034,8 @@ DownloadStats Downloader::stats() const {
   out.confirmations = impl_->confirmations.load();
   out.peak_buffer_bytes = impl_->peak_buffer_bytes.load();
   out.peak_in_flight = impl_->peak_in_flight.load();
+  out.reads_from_cache = impl_->reads_from_cache.load();
+  out.layouts_fetched = impl_->layouts_fetched.load();
   return out;
 }
 

@@ -405,6 +405,65 @@ TEST_F(DownloadTest, SecondDownloadServedFromCache) {
   EXPECT_EQ(xorb_bytes_served(), served);
 }
 
+TEST_F(DownloadTest, ReadFromCachePlansWithoutTheServer) {
+  // Terms that start past chunk 0 and repeat chunks: A B A' A''.
+  const auto source = bucketfs::testing::random_bytes(3 * kMiB, 23);
+  const auto xorbs = pack(source, kMiB + kMiB / 2);
+  ASSERT_GE(xorbs.size(), 2u);
+  const auto n0 = static_cast<std::uint32_t>(xorbs[0].xorb.chunks.size());
+  const auto n1 = static_cast<std::uint32_t>(xorbs[1].xorb.chunks.size());
+  const auto file = register_file(xorbs, {{0, 0, n0}, {1, 0, n1}, {0, 1, n0}, {0, 0, 2}}, source, "layout.bin");
+  const std::uint64_t size = file.data.size();
+  auto c = open_cache();
+  Downloader downloader(*reader_, c.get());
+  auto read = [&](xet::FileByteRange range, xet::Bytes& out) {
+    out.clear();
+    return downloader.read_from_cache(file.file_hash, size, range, [&](std::span<const std::byte> piece) {
+      out.insert(out.end(), piece.begin(), piece.end());
+      return true;
+    });
+  };
+  xet::Bytes out;
+  // Nothing cached yet: false, and the sink is not called.
+  auto cold = read({100, 5000}, out);
+  ASSERT_TRUE(cold) << cold.error().describe();
+  EXPECT_FALSE(*cold);
+  EXPECT_TRUE(out.empty());
+  ASSERT_TRUE(get_all(downloader, file));
+  const auto requests = transport_.requests().size();
+  std::mt19937_64 rng(9);
+  std::vector<xet::FileByteRange> ranges = {{0, 1}, {size - 1, size + 10}, {0, size}, {size / 2, size / 2 + 4096}};
+  for (int i = 0; i < 60; ++i) {
+    const std::uint64_t a = rng() % size;
+    ranges.push_back({a, a + 1 + rng() % 300'000});
+  }
+  for (const auto& r : ranges) {
+    SCOPED_TRACE(std::to_string(r.start) + "-" + std::to_string(r.end));
+    auto got = read(r, out);
+    ASSERT_TRUE(got) << got.error().describe();
+    ASSERT_TRUE(*got);
+    ASSERT_EQ(out.size(), std::min(r.end, size) - r.start);
+    EXPECT_TRUE(std::equal(out.begin(), out.end(), file.data.begin() + static_cast<std::ptrdiff_t>(r.start)));
+  }
+  EXPECT_EQ(transport_.requests().size(), requests);  // no reconstruction, no fetch
+  EXPECT_EQ(downloader.stats().reads_from_cache, ranges.size());
+  EXPECT_EQ(downloader.stats().layouts_fetched, 1u);
+  // A wrong size (a layout that does not add up) and an oversized range are declined.
+  Downloader other(*reader_, c.get());
+  auto wrong = other.read_from_cache(file.file_hash, size + 1, {0, 10}, [](auto) { return true; });
+  ASSERT_TRUE(wrong);
+  EXPECT_FALSE(*wrong);
+  auto large = downloader.read_from_cache(file.file_hash, Downloader::kMaxCacheRead * 2,
+                                          {0, Downloader::kMaxCacheRead + 1}, [](auto) { return true; });
+  ASSERT_TRUE(large);
+  EXPECT_FALSE(*large);
+  // Without a cache: declined at once.
+  Downloader uncached(*reader_, nullptr);
+  auto none = uncached.read_from_cache(file.file_hash, size, {0, 10}, [](auto) { return true; });
+  ASSERT_TRUE(none);
+  EXPECT_FALSE(*none);
+}
+
 TEST_F(DownloadTest, CorruptBytesFailAndAreNeverCached) {
   const auto file = upload(3 * kMiB, 41, "corrupt.bin", kMiB);
   auto c = open_cache();

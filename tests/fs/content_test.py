@@ -13,7 +13,8 @@ test's own:
 - atomic checkpoint publish: a writer renames step-N.tmp/ to step-N/ over and over while a reader
   (the tree API, and a second mount with --metadata-ttl 0) never sees a part of a step;
 - `bucketfs verify`: re-downloads and rehashes, finds a corrupted xorb on the server;
-- `bucketfs warm`: after it, a fresh mount on the same cache dir reads with no xorb-data GET."""
+- `bucketfs warm`: after it, a fresh mount on the same cache dir reads with no xorb-data GET, and
+  random reads there are planned without the server (no reconstruction request per read)."""
 import hashlib
 import os
 import random
@@ -494,6 +495,53 @@ class VerifyAndWarmTest(unittest.TestCase):
         # What was not warmed is fetched.
         self.assertEqual(sha256(mount.path("other.bin")), sha256(locals_["other.bin"]))
         self.assertGreater(route_requests(server, "cas_xorb_data"), gets_before)
+
+    def test_random_reads_of_a_cached_file_ask_the_server_nothing(self):
+        """After warm, random reads are planned from the file's layout and the cache index: at most
+        two reconstruction requests per file (the first read's, the layout), no xorb GET, and the
+        bytes are right at every offset, also across the terms of a file deduplicated against
+        others."""
+        server, workspace, bucket = common.setup(self, "random")
+        first = workspace.path("first")
+        write_random(first, 6 * MiB + 5, self.rng)
+        upload(self, workspace, server, first, "hf://buckets/%s/first.bin" % bucket)
+        # mixed.bin shares first.bin's chunks around new bytes: several terms, two xorbs or more.
+        fresh = workspace.path("fresh")
+        write_random(fresh, 3 * MiB + 7, self.rng)
+        mixed = workspace.path("mixed")
+        with open(mixed, "wb") as out, open(first, "rb") as a, open(fresh, "rb") as b:
+            data_a = a.read()
+            out.write(data_a[:4 * MiB] + b.read() + data_a)
+        upload(self, workspace, server, mixed, "hf://buckets/%s/mixed.bin" % bucket)
+        cache_dir = workspace.path("node-cache")
+        result = cli(workspace, server, "warm", "--cache-dir", cache_dir, "hf://buckets/%s" % bucket)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+
+        recon_routes = ("cas_reconstruction_v1", "cas_reconstruction_v2")
+        recon_before = sum(route_requests(server, r) for r in recon_routes)
+        gets_before = route_requests(server, "cas_xorb_data")
+        mount = harness.new_mount(self, server, workspace, bucket, cache_dir=cache_dir, name="random")
+        mount.start("--read-only")
+        reads = 0
+        for name, local in (("mixed.bin", mixed), ("first.bin", first)):
+            with open(local, "rb") as handle:
+                expected = handle.read()
+            fd = os.open(mount.path(name), os.O_RDONLY)
+            try:
+                # Random offsets and lengths, including reads that cross a term edge of mixed.bin.
+                offsets = [self.rng.randrange(len(expected)) for _ in range(150)] + [4 * MiB - 3, 7 * MiB]
+                for offset in offsets:
+                    length = self.rng.choice([1, 4096, 65536, 200_000])
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                    got = os.pread(fd, length, offset)
+                    self.assertEqual(got, expected[offset:offset + length], "%s at %d" % (name, offset))
+                    reads += 1
+            finally:
+                os.close(fd)
+        recon = sum(route_requests(server, r) for r in recon_routes) - recon_before
+        print("random reads: %d reads of 2 cached files, %d reconstruction requests" % (reads, recon), flush=True)
+        self.assertEqual(route_requests(server, "cas_xorb_data"), gets_before, "a cached file's reads fetched xorbs")
+        self.assertLessEqual(recon, 4, "random reads of cached files asked the server to plan them")
 
 
 if __name__ == "__main__":

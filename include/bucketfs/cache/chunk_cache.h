@@ -129,6 +129,13 @@ class ChunkCache {
   Result<std::optional<RangeRead>> get_range(const xet::Hash& xorb, std::uint32_t first,
                                              std::uint32_t last, std::span<std::byte> out);
 
+  // The uncompressed sizes of chunks [first, last) of `xorb`, from the index alone (no segment
+  // is read, nothing is verified, no hit is counted): nullopt unless every one is indexed. For
+  // planning a read without the server; the bytes are still verified when get_range reads them.
+  // kInvalidArgument unless first < last.
+  Result<std::optional<std::vector<std::uint32_t>>> chunk_sizes(const xet::Hash& xorb, std::uint32_t first,
+                                                                std::uint32_t last);
+
   // Commits queued entries and recency now (and evicts if over budget).
   Result<void> flush();
 

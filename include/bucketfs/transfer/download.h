@@ -131,6 +131,8 @@ struct DownloadStats {
   std::uint64_t confirmations = 0;          // second fetches of ranges no xorb hash could verify
   std::uint64_t peak_buffer_bytes = 0;      // largest bytes of buffers one call held at once
   std::uint64_t peak_in_flight = 0;         // most jobs materializing at once in one call
+  std::uint64_t reads_from_cache = 0;       // read_from_cache() calls served (no request)
+  std::uint64_t layouts_fetched = 0;        // whole-file reconstructions fetched for read_from_cache()
 };
 
 class Downloader {
@@ -151,6 +153,21 @@ class Downloader {
   // range makes no request. kind invalid_argument when range.end < range.start.
   DownloadResult<void> read_range(const xet::Hash& file_hash, std::uint64_t file_size, xet::FileByteRange range,
                                   const ByteSink& sink);
+
+  // Streams file bytes [range.start, min(range.end, file_size)) to `sink` from the chunk cache
+  // alone, planned without the server: from the file's layout (the terms of its whole-file
+  // reconstruction, fetched once per file, kept for the last kLayouts files read this way) and
+  // the chunk sizes in the cache index, only the chunks holding the range are read (verified
+  // by the cache). So a random read of a cached file makes no request and reads one or two
+  // chunks, not the window a reconstruction answer rounds it to.
+  // Returns false, having called no sink, when it cannot: no cache, a range over
+  // kMaxCacheRead, a chunk not cached, a layout that could not be fetched or does not add up to
+  // `file_size`. The caller then uses read_range(), which reports real errors. An error only
+  // when the sink stops (kind cancelled).
+  static constexpr std::size_t kLayouts = 32;
+  static constexpr std::uint64_t kMaxCacheRead = std::uint64_t{8} << 20;
+  DownloadResult<bool> read_from_cache(const xet::Hash& file_hash, std::uint64_t file_size, xet::FileByteRange range,
+                                       const ByteSink& sink);
 
   DownloadStats stats() const;
 
