@@ -216,11 +216,16 @@ transfer::DownloadResult<void> RemoteReader::read(std::uint64_t offset, std::siz
   last_end_ = offset + length;
   if (offset == 0 || (contiguous && run_bytes_ >= kStreamAfter)) {
     stop_stream();
-    start_stream(offset);
     // The stream hands out nothing before its first fetch has arrived whole and verified (a xorb,
     // up to 64 MiB): a first read at the start of a large file (a header, a magic number) is
-    // fetched alone meanwhile. A file the ring holds whole waits for its file hash instead.
-    if (offset == 0 && size_ > pool_.capacity() && length <= kRandomWindow) return read_direct(offset, length, reply);
+    // fetched alone, and answered before the stream starts (the stream's fetch would compete with
+    // it for the network and the server). A file the ring holds whole waits for its file hash.
+    if (offset == 0 && size_ > pool_.capacity() && length <= kRandomWindow) {
+      auto answered = read_direct(offset, length, reply);
+      start_stream(offset);
+      return answered;
+    }
+    start_stream(offset);
     if (auto served = read_stream(offset, length, reply); served) return *served;
     // The stream failed before reaching the read: say why (or fetch directly).
     std::optional<transfer::DownloadError> error;
