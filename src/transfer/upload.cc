@@ -156,20 +156,34 @@ UploadSource memory_source(std::span<const std::byte> bytes) {
   return UploadSource(std::move(read), std::move(read_at));
 }
 
+// The xorb size a session uses for `wanted`: at least two chunks of the largest size (so that
+// every chunk fits some xorb), at most the CAS limit.
+static std::size_t clamped_xorb_bytes(std::size_t wanted) {
+  return std::clamp<std::size_t>(wanted, 2 * (xet::kChunkHeaderSize + xet::kMaxChunkSize), xet::kMaxXorbSize);
+}
+
 std::uint64_t UploadOptions::memory_budget() const {
   const std::uint64_t blocks = (global_dedup ? dedup_window / read_piece : 0) + 2;
   return blocks * (read_piece + kBlockSlack) + xet::kMaxChunkSize +
-         (parallel_uploads + 1) * std::uint64_t{xet::kMaxXorbSize};
+         (std::max<std::size_t>(parallel_uploads, 1) + 1) * std::uint64_t{clamped_xorb_bytes(max_xorb_bytes)};
 }
 
 // ---- UploadSession ---------------------------------------------------------------------------
 
 struct UploadSession::Impl {
   Impl(hub::CasClient& cas_client, cache::DedupIndex* index, UploadOptions opts)
-      : cas(cas_client), dedup_index(index), options(opts), builder(opts.compression) {
+      : cas(cas_client), dedup_index(index), options(opts), builder(opts.compression, xorb_limits(opts.max_xorb_bytes)) {
+    options.max_xorb_bytes = clamped_xorb_bytes(options.max_xorb_bytes);
     options.parallel_uploads = std::max<std::size_t>(1, options.parallel_uploads);
     options.read_piece = std::max<std::size_t>(options.read_piece, 2 * xet::kMaxChunkSize);
     max_blocks = (options.global_dedup ? options.dedup_window / options.read_piece : 0) + 2;
+  }
+
+  static xet::XorbLimits xorb_limits(std::size_t wanted) {
+    xet::XorbLimits limits;
+    limits.max_serialized_size = clamped_xorb_bytes(wanted);
+    limits.max_uncompressed_size = clamped_xorb_bytes(wanted);
+    return limits;
   }
 
   ~Impl() {
@@ -236,7 +250,7 @@ struct UploadSession::Impl {
     }
     // A builder that was not given a recycled buffer reserves a whole xorb when it starts.
     const std::uint64_t building = builder.empty() ? builder_capacity
-                                                   : std::max<std::uint64_t>(builder_capacity, xet::kMaxXorbSize);
+                                                   : std::max<std::uint64_t>(builder_capacity, options.max_xorb_bytes);
     stats.peak_buffered_bytes = std::max(stats.peak_buffered_bytes, blocks_allocated_bytes + xorbs + building);
   }
 

@@ -206,6 +206,29 @@ TEST_F(UploadTest, SmallPiecesAndFdSourceGiveTheSameHash) {
   expect_bytes("pieces.bin", data);
 }
 
+TEST_F(UploadTest, SmallerXorbsBoundMemoryAndKeepTheFileHash) {
+  // The mount's settings (16 MiB xorbs and window) and a tighter one: the file hash does not
+  // depend on how chunks are packed, and memory_budget() shrinks with the xorb size.
+  for (const std::size_t xorb : {std::size_t{16} << 20, std::size_t{3} << 20}) {
+    SCOPED_TRACE(xorb);
+    UploadOptions options;
+    options.max_xorb_bytes = xorb;
+    options.dedup_window = 16 * kMiB;
+    EXPECT_LT(options.memory_budget(), UploadOptions{}.memory_budget() / 2);
+    Uploader uploader(*cas_, *hub_, nullptr, options);
+    const auto data = random_data(40 * kMiB + 99, 41 + xorb);
+    const std::string path = "xorbs/" + std::to_string(xorb);
+    auto done = uploader.upload_and_commit(bucket_, path, memory_source(data));
+    ASSERT_TRUE(done) << done.error().describe();
+    EXPECT_EQ(done->file.file_hash, expected_hash(data));
+    // Random data: every xorb but the last is nearly full.
+    EXPECT_GE(done->session.xorbs_uploaded, (data.size() + xorb - 1) / xorb);
+    EXPECT_LE(done->session.xorbs_uploaded, data.size() / (xorb - 2 * xet::kMaxChunkSize) + 1);
+    EXPECT_LE(done->session.peak_buffered_bytes, options.memory_budget());
+    expect_bytes(path, data);
+  }
+}
+
 TEST_F(UploadTest, SessionSharesOneShardAndDedupsWithinIt) {
   const auto a = random_data(3 * kMiB, 11);
   auto b = a;  // same content plus a tail

@@ -496,6 +496,32 @@ class VerifyAndWarmTest(unittest.TestCase):
         self.assertEqual(sha256(mount.path("other.bin")), sha256(locals_["other.bin"]))
         self.assertGreater(route_requests(server, "cas_xorb_data"), gets_before)
 
+    def test_a_mount_uploads_16_mib_xorbs(self):
+        """The mount's upload settings bound each xorb to 16 MiB (and so its memory), and the file
+        reads back whole through a fresh mount."""
+        server, workspace, bucket = common.setup(self, "xorbsize")
+        local = workspace.path("big")
+        write_random(local, 40 * MiB + 3, self.rng)
+        before = xorb_files(server)
+        mount = harness.new_mount(self, server, workspace, bucket, name="writer")
+        mount.start()
+        with open(local, "rb") as source, open(mount.path("big.bin"), "wb") as out:
+            while True:
+                piece = source.read(MiB)
+                if not piece:
+                    break
+                out.write(piece)
+            out.flush()
+            os.fsync(out.fileno())
+        sizes = sorted(os.path.getsize(path) for path in xorb_files(server) - before)
+        print("xorbs of a 40 MiB file written through the mount: %s" % sizes, flush=True)
+        self.assertGreaterEqual(len(sizes), 3)
+        self.assertLessEqual(sizes[-1], 16 * MiB + 64 * 1024)  # chunks, plus a footer if stored
+        reader = harness.new_mount(self, server, workspace, bucket, name="reader",
+                                   cache_dir=workspace.path("reader-cache"))
+        reader.start("--read-only")
+        self.assertEqual(sha256(reader.path("big.bin")), sha256(local))
+
     def test_random_reads_of_a_cached_file_ask_the_server_nothing(self):
         """After warm, random reads are planned from the file's layout and the cache index: at most
         two reconstruction requests per file (the first read's, the layout), no xorb GET, and the

@@ -32,6 +32,17 @@
 
 namespace bucketfs::fs {
 
+// A mount's upload settings: 16 MiB xorbs and a 16 MiB dedup window, so one file's upload holds
+// about 80 MiB (UploadOptions::memory_budget) instead of 272 MiB with the 64 MiB defaults, and
+// upload_workers files upload at once within a daemon of a few hundred MiB. The staging file is
+// a seekable source, so a smaller window costs re-reads, not missed deduplication.
+inline transfer::UploadOptions mount_upload_defaults() {
+  transfer::UploadOptions upload;
+  upload.max_xorb_bytes = std::size_t{16} << 20;
+  upload.dedup_window = std::size_t{16} << 20;
+  return upload;
+}
+
 struct MountOptions {
   naming::BucketId bucket;
   std::string prefix;  // a folder of the bucket shown as the root; no leading or trailing '/'
@@ -46,7 +57,7 @@ struct MountOptions {
   unsigned upload_workers = 2;
   // Readahead of sequential reads grows from 1 MiB up to this many bytes per open file.
   std::size_t max_readahead = std::size_t{32} << 20;
-  transfer::UploadOptions upload;
+  transfer::UploadOptions upload = mount_upload_defaults();
 };
 
 // What the mount uses; everything must outlive the Mount. `write_cas` is null for a read-only

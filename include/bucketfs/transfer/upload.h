@@ -62,6 +62,7 @@
 #include "bucketfs/naming/naming.h"
 #include "bucketfs/xet/compression.h"
 #include "bucketfs/xet/hash.h"
+#include "bucketfs/xet/xorb.h"
 
 namespace bucketfs::transfer {
 
@@ -134,6 +135,10 @@ UploadSource memory_source(std::span<const std::byte> bytes);
 
 struct UploadOptions {
   std::size_t parallel_uploads = 2;  // xorb POSTs in flight, >= 1
+  // Serialized (and uncompressed) bytes per new xorb, at most xet::kMaxXorbSize (the CAS limit,
+  // xet-core's size). Smaller xorbs bound the memory of the xorb being built and of those in
+  // flight ((parallel_uploads + 1) of them) at the cost of more POSTs and terms.
+  std::size_t max_xorb_bytes = xet::kMaxXorbSize;
   bool global_dedup = true;          // ask the global dedup API for eligible chunks
   xet::CompressionPolicy compression = xet::CompressionPolicy::kPredicted;
   std::size_t read_piece = std::size_t{8} << 20;     // bytes per read into a block
