@@ -58,9 +58,20 @@ struct PendingChunk {
   bool local = false;  // found in the DedupIndex (FileState::local_hits)
 };
 
+// Bytes a block is read into, left uninitialized: only the pages a read fills are touched, so a
+// small file's session does not zero (and fault in) a whole read_piece.
+struct ReadBuffer {
+  std::unique_ptr<std::byte[]> bytes;
+  std::size_t length = 0;
+
+  std::byte* data() const { return bytes.get(); }
+  std::size_t size() const { return length; }
+  std::span<std::byte> span() const { return {bytes.get(), length}; }
+};
+
 // Read buffer; chunks lie wholly inside one block.
 struct Block {
-  xet::Bytes data;
+  ReadBuffer data;
   std::uint64_t start = 0;  // file offset of data[0]
   std::size_t used = 0;
   std::size_t pending = 0;  // chunks in it not decided yet
@@ -214,7 +225,7 @@ struct UploadSession::Impl {
   // -- read blocks (caller thread) --
   std::deque<Block> blocks;  // blocks[i] has sequence number front_seq + i
   std::uint64_t front_seq = 0;
-  std::vector<xet::Bytes> block_pool;
+  std::vector<ReadBuffer> block_pool;
   std::size_t max_blocks = 2;
   std::uint64_t blocks_allocated_bytes = 0;  // read blocks and `reread`
   xet::Bytes reread;                         // a dropped chunk read again
@@ -522,7 +533,7 @@ struct UploadSession::Impl {
   UploadResult<xet::ByteSpan> chunk_bytes(FileState& f, const PendingChunk& chunk) {
     if (chunk.block_seq != kDropped) {
       const Block& block = blocks[chunk.block_seq - front_seq];
-      return xet::ByteSpan(block.data).subspan(static_cast<std::size_t>(chunk.file_offset - block.start), chunk.size);
+      return xet::ByteSpan(block.data.span()).subspan(static_cast<std::size_t>(chunk.file_offset - block.start), chunk.size);
     }
     if (reread.empty()) {
       reread.resize(xet::kMaxChunkSize);
@@ -646,13 +657,14 @@ struct UploadSession::Impl {
     }
   }
 
-  xet::Bytes take_block_buffer() {
+  ReadBuffer take_block_buffer() {
     if (!block_pool.empty()) {
       auto buffer = std::move(block_pool.back());
       block_pool.pop_back();
       return buffer;
     }
-    xet::Bytes buffer(options.read_piece + kBlockSlack);
+    const std::size_t size = options.read_piece + kBlockSlack;
+    ReadBuffer buffer{std::make_unique_for_overwrite<std::byte[]>(size), size};
     blocks_allocated_bytes += buffer.size();
     return buffer;
   }
@@ -729,7 +741,7 @@ struct UploadSession::Impl {
       next.used = carry;
       next.start = open_start;
       while (next.used < next.data.size()) {
-        auto n = source(std::span(next.data).subspan(next.used));
+        auto n = source(next.data.span().subspan(next.used));
         if (!n) return fail(UploadErrorKind::source, n.error());
         if (*n == 0) {
           eof = true;
@@ -756,7 +768,7 @@ struct UploadSession::Impl {
         block.pending++;
         f.pending.push_back(pending);
       };
-      for (const auto& chunk : stream.update(xet::ByteSpan(block.data).subspan(carry, fresh))) add_chunk(chunk);
+      for (const auto& chunk : stream.update(xet::ByteSpan(block.data.span()).subspan(carry, fresh))) add_chunk(chunk);
       if (eof) {
         if (auto last = stream.finish()) add_chunk(*last);
       }
