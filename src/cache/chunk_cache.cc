@@ -685,6 +685,19 @@ struct ChunkCache::State {
     latest = std::max(latest, ms);
   }
 
+  // Where chunk `key` is: queued in this instance, else committed (read in `txn`, begun on first
+  // need; one read transaction serves a whole range and is never held across file I/O).
+  Result<std::optional<Location>> locate(std::optional<lmdb::Transaction>& txn, const ChunkKey& key) {
+    if (auto queued = find_queued(key)) return queued;
+    if (!txn) {
+      auto begun = env().begin_read();
+      if (!begun) return std::unexpected(format::store_error(begun.error()));
+      txn.emplace(std::move(*begun));
+      forget_evicted(*txn);
+    }
+    return find_committed(*txn, key);
+  }
+
   Result<std::optional<std::vector<std::uint32_t>>> chunk_sizes(const xet::Hash& xorb, std::uint32_t first,
                                                                  std::uint32_t last) {
     if (first >= last) return std::unexpected(Error{ErrorCode::kInvalidArgument, 0, "empty chunk range"});
@@ -692,20 +705,10 @@ struct ChunkCache::State {
     sizes.reserve(last - first);
     std::optional<lmdb::Transaction> txn;
     for (std::uint32_t index = first; index < last; ++index) {
-      const ChunkKey key = format::chunk_key(xorb, index);
-      std::optional<Location> loc = find_queued(key);
-      if (!loc) {
-        if (!txn) {
-          auto begun = env().begin_read();
-          if (!begun) return std::unexpected(format::store_error(begun.error()));
-          txn.emplace(std::move(*begun));
-        }
-        auto found = find_committed(*txn, key);
-        if (!found) return std::unexpected(found.error());
-        loc = *found;
-      }
-      if (!loc) return std::optional<std::vector<std::uint32_t>>{};
-      sizes.push_back(loc->raw_size);
+      auto loc = locate(txn, format::chunk_key(xorb, index));
+      if (!loc) return std::unexpected(loc.error());
+      if (!*loc) return std::optional<std::vector<std::uint32_t>>{};
+      sizes.push_back((*loc)->raw_size);
     }
     return std::optional<std::vector<std::uint32_t>>{std::move(sizes)};
   }
@@ -719,19 +722,9 @@ struct ChunkCache::State {
     std::size_t total = 0;
     bool stopped_on_miss = false;
     for (std::uint32_t index = first; index < last; ++index) {
-      const ChunkKey key = format::chunk_key(xorb, index);
-      std::optional<Location> loc = find_queued(key);
-      if (!loc) {
-        if (!txn) {
-          auto begun = env().begin_read();
-          if (!begun) return std::unexpected(format::store_error(begun.error()));
-          txn.emplace(std::move(*begun));
-          forget_evicted(*txn);
-        }
-        auto found = find_committed(*txn, key);
-        if (!found) return std::unexpected(found.error());
-        loc = *found;
-      }
+      auto located = locate(txn, format::chunk_key(xorb, index));
+      if (!located) return std::unexpected(located.error());
+      const std::optional<Location>& loc = *located;
       if (!loc) {
         stopped_on_miss = true;
         break;
