@@ -217,6 +217,19 @@ class DownloadTest : public hub::testing::ServerFixture {
     return out;
   }
 
+  // 3 MiB of random bytes packed into xorbs of 1.5 MiB, registered as the terms A B A' A'': all of
+  // xorb 0, all of xorb 1, xorb 0 from chunk 1, and its first two chunks again (terms that start
+  // past chunk 0 and repeat chunks).
+  Uploaded upload_repeated_terms(std::uint64_t seed, const std::string& path) {
+    const auto source = bucketfs::testing::random_bytes(3 * kMiB, seed);
+    const auto xorbs = pack(source, kMiB + kMiB / 2);
+    EXPECT_GE(xorbs.size(), 2u);
+    if (xorbs.size() < 2) return Uploaded{};
+    const auto n0 = static_cast<std::uint32_t>(xorbs[0].xorb.chunks.size());
+    const auto n1 = static_cast<std::uint32_t>(xorbs[1].xorb.chunks.size());
+    return register_file(xorbs, {{0, 0, n0}, {1, 0, n1}, {0, 1, n0}, {0, 0, 2}}, source, path);
+  }
+
   std::unique_ptr<cache::ChunkCache> open_cache() {
     auto store = cache::NodeStore::open(cache_dir_.path());
     EXPECT_TRUE(store);
@@ -350,12 +363,8 @@ TEST_F(DownloadTest, RandomRangesByteExact) {
 
 TEST_F(DownloadTest, RepeatedContentAcrossNonAdjacentTerms) {
   // File = A B A' where A and A' are the same chunks of xorb 0: the entry is materialized twice.
-  const auto source = bucketfs::testing::random_bytes(3 * kMiB, 21);
-  const auto xorbs = pack(source, kMiB + kMiB / 2);
-  ASSERT_GE(xorbs.size(), 2u);
-  const auto n0 = static_cast<std::uint32_t>(xorbs[0].xorb.chunks.size());
-  const auto n1 = static_cast<std::uint32_t>(xorbs[1].xorb.chunks.size());
-  const auto file = register_file(xorbs, {{0, 0, n0}, {1, 0, n1}, {0, 1, n0}, {0, 0, 2}}, source, "rep.bin");
+  const auto file = upload_repeated_terms(21, "rep.bin");
+  ASSERT_GE(file.xorbs, 2u);
   auto c = open_cache();
   Downloader downloader(*reader_, c.get());
   auto got = get_all(downloader, file);
@@ -407,12 +416,8 @@ TEST_F(DownloadTest, SecondDownloadServedFromCache) {
 
 TEST_F(DownloadTest, ReadFromCachePlansWithoutTheServer) {
   // Terms that start past chunk 0 and repeat chunks: A B A' A''.
-  const auto source = bucketfs::testing::random_bytes(3 * kMiB, 23);
-  const auto xorbs = pack(source, kMiB + kMiB / 2);
-  ASSERT_GE(xorbs.size(), 2u);
-  const auto n0 = static_cast<std::uint32_t>(xorbs[0].xorb.chunks.size());
-  const auto n1 = static_cast<std::uint32_t>(xorbs[1].xorb.chunks.size());
-  const auto file = register_file(xorbs, {{0, 0, n0}, {1, 0, n1}, {0, 1, n0}, {0, 0, 2}}, source, "layout.bin");
+  const auto file = upload_repeated_terms(23, "layout.bin");
+  ASSERT_GE(file.xorbs, 2u);
   const std::uint64_t size = file.data.size();
   auto c = open_cache();
   Downloader downloader(*reader_, c.get());
