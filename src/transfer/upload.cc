@@ -715,7 +715,6 @@ struct UploadSession::Impl {
       f.read_at = source.positional();
       f.seekable = true;
     }
-    xet::ChunkHashStream stream;
     std::uint64_t open_start = 0;  // file offset of the open chunk
     std::uint64_t read_total = 0;
     bool eof = false;
@@ -768,9 +767,9 @@ struct UploadSession::Impl {
         block.pending++;
         f.pending.push_back(pending);
       };
-      for (const auto& chunk : stream.update(xet::ByteSpan(block.data.span()).subspan(carry, fresh))) add_chunk(chunk);
-      if (eof) {
-        if (auto last = stream.finish()) add_chunk(*last);
+      // The block starts with the open chunk's bytes (the carry), so it starts at a boundary.
+      for (const auto& chunk : xet::chunk_and_hash(xet::ByteSpan(block.data.span()).first(block.used), eof).chunks) {
+        add_chunk(chunk);
       }
       f.stats.peak_held_chunks = std::max<std::uint64_t>(f.stats.peak_held_chunks, f.pending.size());
       classify(f, first_new);

@@ -1,6 +1,8 @@
 #include "bucketfs/xet/chunker.h"
 
 #include <algorithm>
+#include <span>
+#include <thread>
 
 namespace bucketfs::xet {
 namespace {
@@ -151,6 +153,94 @@ std::optional<HashAndSize> ChunkHashStream::finish() {
   chunker_.reset();
   hash_state_.reset();
   return last;
+}
+
+namespace {
+
+// Appends to `ends` the end offsets of the chunks that complete in data[start, data.size()),
+// a chunk opening at `start`. With `meet` (sorted), stops at the first end found in it and
+// returns its index there; otherwise returns meet.size().
+std::size_t scan_chunk_ends(ByteSpan data, std::size_t start, std::vector<std::size_t>& ends,
+                            std::span<const std::size_t> meet = {}) {
+  Chunker chunker;
+  std::size_t position = start;
+  std::size_t candidate = 0;
+  while (position < data.size()) {
+    auto cut = chunker.next_boundary(data.subspan(position));
+    if (!cut) break;
+    position += *cut;
+    ends.push_back(position);
+    while (candidate < meet.size() && meet[candidate] < position) ++candidate;
+    if (candidate < meet.size() && meet[candidate] == position) return candidate;
+  }
+  return meet.size();
+}
+
+void hash_chunks(ByteSpan data, std::size_t start, std::span<const std::size_t> ends, std::vector<HashAndSize>& out) {
+  for (std::size_t end : ends) {
+    out.push_back({chunk_hash(data.subspan(start, end - start)), end - start});
+    start = end;
+  }
+}
+
+}  // namespace
+
+ChunkedSpan chunk_and_hash(ByteSpan data, bool at_end) {
+  ChunkedSpan result;
+  std::vector<std::size_t> ends;
+  if (data.size() < kParallelChunkingMinBytes) {
+    scan_chunk_ends(data, 0, ends);
+    hash_chunks(data, 0, ends, result.chunks);
+  } else {
+    // The helper's chunks start at `middle`; `helper_starts` lists middle and every end after it,
+    // the offsets where this thread's sequence may meet the helper's.
+    const std::size_t middle = data.size() / 2;
+    std::vector<std::size_t> helper_starts{middle};
+    std::vector<HashAndSize> helper_chunks;
+    std::thread helper([&] {
+      std::vector<std::size_t> helper_ends;
+      scan_chunk_ends(data, middle, helper_ends);
+      hash_chunks(data, middle, helper_ends, helper_chunks);
+      helper_starts.insert(helper_starts.end(), helper_ends.begin(), helper_ends.end());
+    });
+    // The first half cannot meet the helper before `middle`: chunk it without looking.
+    Chunker chunker;
+    std::size_t position = 0;
+    while (position < middle) {
+      auto cut = chunker.next_boundary(data.subspan(position, middle - position));
+      if (!cut) break;
+      position += *cut;
+      ends.push_back(position);
+    }
+    hash_chunks(data, 0, ends, result.chunks);
+    helper.join();
+    if (position == middle) {
+      // A boundary exactly at the middle: the helper's chunks follow directly.
+      result.chunks.insert(result.chunks.end(), helper_chunks.begin(), helper_chunks.end());
+      ends.insert(ends.end(), helper_starts.begin() + 1, helper_starts.end());
+    } else {
+      // Go on from the last boundary before the middle until a boundary meets the helper's.
+      const std::size_t resume = ends.empty() ? 0 : ends.back();
+      std::vector<std::size_t> more;
+      const std::size_t met = scan_chunk_ends(data, resume, more, helper_starts);
+      hash_chunks(data, resume, more, result.chunks);
+      ends.insert(ends.end(), more.begin(), more.end());
+      if (met < helper_starts.size()) {
+        // helper_chunks[i] ends at helper_starts[i + 1]: after meeting at index `met`, take the
+        // helper's chunks from index `met` on.
+        result.chunks.insert(result.chunks.end(), helper_chunks.begin() + static_cast<std::ptrdiff_t>(met),
+                             helper_chunks.end());
+        ends.insert(ends.end(), helper_starts.begin() + static_cast<std::ptrdiff_t>(met) + 1, helper_starts.end());
+      }
+    }
+  }
+  result.consumed = ends.empty() ? 0 : ends.back();
+  if (at_end && result.consumed < data.size()) {
+    const std::size_t last = data.size() - result.consumed;
+    result.chunks.push_back({chunk_hash(data.subspan(result.consumed, last)), last});
+    result.consumed = data.size();
+  }
+  return result;
 }
 
 }  // namespace bucketfs::xet

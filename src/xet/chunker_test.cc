@@ -10,6 +10,65 @@
 namespace bucketfs::xet {
 namespace {
 
+// What chunk_and_hash must equal: one ChunkHashStream over the same bytes.
+ChunkedSpan chunk_sequentially(ByteSpan data, bool at_end) {
+  ChunkedSpan expected;
+  ChunkHashStream stream;
+  expected.chunks = stream.update(data);
+  for (const auto& chunk : expected.chunks) expected.consumed += chunk.size;
+  if (at_end) {
+    if (auto last = stream.finish()) {
+      expected.chunks.push_back(*last);
+      expected.consumed += last->size;
+    }
+  }
+  return expected;
+}
+
+void expect_same_chunks(ByteSpan data, bool at_end) {
+  const auto expected = chunk_sequentially(data, at_end);
+  const auto got = chunk_and_hash(data, at_end);
+  EXPECT_EQ(got.consumed, expected.consumed) << data.size() << " bytes, at_end " << at_end;
+  ASSERT_EQ(got.chunks.size(), expected.chunks.size()) << data.size() << " bytes, at_end " << at_end;
+  for (std::size_t i = 0; i < got.chunks.size(); ++i) {
+    EXPECT_EQ(got.chunks[i].size, expected.chunks[i].size) << "chunk " << i;
+    EXPECT_EQ(got.chunks[i].hash, expected.chunks[i].hash) << "chunk " << i;
+  }
+}
+
+TEST(ChunkAndHash, BothCoresGiveTheChunksOfOneStream) {
+  // Below, at and above the size that brings in the helper thread, odd and even lengths.
+  for (std::size_t size : {std::size_t{0}, kMinChunkSize - 1, kParallelChunkingMinBytes - 1, kParallelChunkingMinBytes,
+                           kParallelChunkingMinBytes + 12345, std::size_t{8} << 20, (std::size_t{8} << 20) + kMaxChunkSize}) {
+    const auto data = testing::splitmix(size + 3, size);
+    expect_same_chunks(data, false);
+    expect_same_chunks(data, true);
+  }
+}
+
+TEST(ChunkAndHash, SequencesThatNeverMeetAreChunkedByTheCaller) {
+  // Constant bytes cut only at the maximum size, so the helper's cuts (from the middle) line up
+  // with the caller's only when the middle is a multiple of it.
+  for (std::size_t size : {std::size_t{2} << 20, (std::size_t{2} << 20) + 2 * 4097, (std::size_t{3} << 20) + 1}) {
+    const std::vector<std::byte> data(size, std::byte{7});
+    expect_same_chunks(data, false);
+    expect_same_chunks(data, true);
+  }
+  // Random bytes with a constant run across the middle: the sequences meet only after it.
+  auto data = testing::splitmix(77, std::size_t{4} << 20);
+  std::fill(data.begin() + (std::size_t{3} << 19), data.begin() + (std::size_t{5} << 19), std::byte{0});
+  expect_same_chunks(data, true);
+}
+
+TEST(ChunkAndHash, ManyRandomSpansMatch) {
+  std::mt19937_64 random(2024);
+  for (int round = 0; round < 12; ++round) {
+    const std::size_t size = kParallelChunkingMinBytes + random() % (std::size_t{3} << 20);
+    const auto data = testing::splitmix(random(), size);
+    expect_same_chunks(data, round % 2 == 0);
+  }
+}
+
 TEST(Chunker, SizesStayWithinBounds) {
   const auto data = testing::splitmix(11, 8 << 20);
   const auto lengths = chunk_lengths(data);

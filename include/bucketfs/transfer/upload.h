@@ -4,8 +4,9 @@
 //
 // Pipeline of one file (UploadSession::add_file), all on the calling thread except where noted:
 //   1. The source is read in pieces of UploadOptions::read_piece into pooled blocks (a chunk never
-//      straddles two blocks: the open chunk's bytes are carried to the next block), and chunked
-//      and hashed as the bytes pass (xet::ChunkHashStream: the xet-core chunker and hashes).
+//      straddles two blocks: the open chunk's bytes are carried to the next block), and each
+//      block is chunked and hashed by xet::chunk_and_hash, which splits a block of 1 MiB or more
+//      between the calling thread and one helper thread (the xet-core chunker and hashes).
 //   2. Each chunk is looked up in this session's chunks, the node-local DedupIndex (one get_many
 //      per block) and the answers of global dedup queries received so far. The first chunk of a
 //      file and EVERY chunk with an xet::hash_is_global_dedup_eligible hash that is not already

@@ -58,4 +58,26 @@ class ChunkHashStream {
   ChunkHashState hash_state_;
 };
 
+// The chunks of one contiguous span of a stream, found and hashed on both cores.
+struct ChunkedSpan {
+  std::vector<HashAndSize> chunks;  // in order, starting at the start of the span
+  std::size_t consumed = 0;         // bytes the chunks cover; the rest opens the next chunk
+};
+
+// Spans shorter than this are chunked on the calling thread alone: a helper thread costs more.
+inline constexpr std::size_t kParallelChunkingMinBytes = std::size_t{1} << 20;
+
+// Chunks and hashes `data`, whose first byte starts a chunk. Gives exactly the chunks one
+// ChunkHashStream would over the same bytes: those that complete inside `data`, and with
+// `at_end` the bytes after the last boundary as the final chunk. For a streaming caller, the
+// bytes after `consumed` are the open chunk and must begin the next call.
+//
+// Why it exists: cutting and hashing is the upload's largest per-byte cost and the cut search
+// is sequential. A boundary depends only on the bytes since the previous boundary, so a helper
+// thread chunks the second half of `data` as if a chunk started at its middle, while this
+// thread chunks the first half; where this thread's boundaries reach one of the helper's, the
+// two sequences are the same from there on and the helper's chunks are taken. If they never
+// meet (rare: cuts resynchronize within a few chunks) this thread chunks the rest itself.
+ChunkedSpan chunk_and_hash(ByteSpan data, bool at_end);
+
 }  // namespace bucketfs::xet
