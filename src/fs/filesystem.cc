@@ -99,7 +99,9 @@ Filesystem::Filesystem(MountServices services, MountOptions options)
     : services_(services),
       options_(std::move(options)),
       downloader_(*services.read_cas, services.chunk_cache,
-                  transfer::DownloaderOptions{.parallel_fetches = 4, .buffer_budget = std::size_t{64} << 20}),
+                  transfer::DownloaderOptions{.parallel_fetches = 4,
+                                              .buffer_budget = std::size_t{64} << 20,
+                                              .warm_buffer_bytes = std::size_t{1} << 20}),
       windows_(std::max<std::size_t>(options_.max_readahead, std::size_t{1} << 20), 8),
       mounted_at_ms_(now_ms()) {
   auto root = std::make_shared<Node>();

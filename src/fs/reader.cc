@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "log.h"
+
 namespace bucketfs::fs {
 namespace {
 constexpr std::size_t kRandomWindow = std::size_t{128} << 10;
@@ -151,6 +153,16 @@ std::optional<transfer::DownloadResult<void>> RemoteReader::read_stream(
   return transfer::DownloadResult<void>{};
 }
 
+std::byte* RemoteReader::direct_room(std::size_t size) {
+  if (direct_capacity_ < size) {
+    direct_.reset();
+    direct_ = std::make_unique_for_overwrite<std::byte[]>(size);
+    direct_capacity_ = size;
+  }
+  direct_size_ = size;
+  return direct_.get();
+}
+
 transfer::DownloadResult<void> RemoteReader::read_direct(std::uint64_t offset, std::size_t length,
                                                          const std::function<void(std::span<const std::byte>)>& reply) {
   // Contiguous reads that have not earned a stream yet fetch growing windows (up to 4 MiB).
@@ -159,35 +171,48 @@ transfer::DownloadResult<void> RemoteReader::read_direct(std::uint64_t offset, s
   // From the chunk cache, a random read takes only the chunks holding it, and a run its window.
   // The first direct read asks the server: a cold file would waste the layout request on it.
   const std::size_t cached_want = run_bytes_ > length ? want : length;
-  direct_.resize(cached_want);
   direct_start_ = offset;
   std::size_t filled = 0;
   const bool try_cache = direct_reads_++ > 0;
-  auto cached = !try_cache ? transfer::DownloadResult<bool>{false} : downloader_.read_from_cache(hash_, size_, {offset, offset + cached_want}, [&](std::span<const std::byte> piece) {
-    if (piece.size() > cached_want - filled) return false;
-    std::memcpy(direct_.data() + filled, piece.data(), piece.size());
-    filled += piece.size();
-    return true;
-  });
-  if (cached && *cached && filled == cached_want) {
-    reply({direct_.data(), length});
-    return {};
+  if (try_cache) {
+    std::byte* room = direct_room(cached_want);
+    auto cached = downloader_.read_from_cache(hash_, size_, {offset, offset + cached_want}, [&](std::span<const std::byte> piece) {
+      if (piece.size() > cached_want - filled) return false;
+      std::memcpy(room + filled, piece.data(), piece.size());
+      filled += piece.size();
+      return true;
+    });
+    if (cached && *cached && filled == cached_want) {
+      reply({room, length});
+      return {};
+    }
   }
-  direct_.resize(want);
+  std::byte* room = direct_room(want);
   filled = 0;
+  // The read is answered from the first piece when it holds the read's bytes (they have been
+  // verified), before the rest of the window is copied (time to first byte).
+  bool replied = false;
   auto done = downloader_.read_range(hash_, size_, {offset, offset + want}, [&](std::span<const std::byte> piece) {
     if (piece.size() > want - filled) return false;
-    std::memcpy(direct_.data() + filled, piece.data(), piece.size());
+    if (filled == 0 && piece.size() >= length) {
+      reply(piece.first(length));
+      replied = true;
+    }
+    std::memcpy(room + filled, piece.data(), piece.size());
     filled += piece.size();
     return true;
   });
   if (!done || filled != want) {
-    direct_.clear();
+    direct_size_ = 0;
+    if (replied) {  // the read has its bytes; a later read fetches the rest again
+      if (!done) log_line("fetching the rest of a read's window failed: " + done.error().describe());
+      return {};
+    }
     if (!done) return std::unexpected(done.error());
     return std::unexpected(transfer::DownloadError{transfer::DownloadErrorKind::corrupt, {},
                                                    "a range read returned " + std::to_string(filled) + " bytes"});
   }
-  reply({direct_.data(), length});
+  if (!replied) reply({room, length});
   return {};
 }
 
@@ -199,12 +224,12 @@ transfer::DownloadResult<void> RemoteReader::read(std::uint64_t offset, std::siz
     return {};
   }
   length = static_cast<std::size_t>(std::min<std::uint64_t>(length, size_ - offset));
-  if (offset >= direct_start_ && offset + length <= direct_start_ + direct_.size()) {
+  if (offset >= direct_start_ && offset + length <= direct_start_ + direct_size_) {
     // The window of the last direct fetch (it answers the first reads of a large file while the
     // stream's first fetch is still arriving).
     run_bytes_ = offset == last_end_ ? run_bytes_ + length : length;
     last_end_ = offset + length;
-    reply({direct_.data() + (offset - direct_start_), length});
+    reply({direct_.get() + (offset - direct_start_), length});
     return {};
   }
   if (auto served = read_stream(offset, length, reply); served) {

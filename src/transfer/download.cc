@@ -4,6 +4,7 @@
 #include "bucketfs/transfer/download.h"
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstring>
 #include <map>
@@ -93,8 +94,11 @@ class BufferPool {
         return out;
       }
     }
+    allocated_.fetch_add(1, std::memory_order_relaxed);
     return Buffer{std::make_unique_for_overwrite<std::byte[]>(need), need};
   }
+
+  std::uint64_t allocated() const { return allocated_.load(std::memory_order_relaxed); }
 
   void release(Buffer buffer) {
     if (!buffer.data) return;
@@ -116,6 +120,7 @@ class BufferPool {
   std::size_t limit_;
   std::vector<Buffer> idle_;    // GUARDED_BY(mutex_)
   std::size_t idle_bytes_ = 0;  // GUARDED_BY(mutex_)
+  std::atomic<std::uint64_t> allocated_{0};
 };
 
 // One fetched (or cache-read) range of a fetch entry, decoded into the job's buffer.
@@ -329,6 +334,16 @@ struct Downloader::Impl {
         pool(std::max<std::size_t>(options_in.buffer_budget, kMiB)) {
     options.parallel_fetches = std::max<std::size_t>(options.parallel_fetches, 1);
     options.buffer_budget = std::max<std::size_t>(options.buffer_budget, kMiB);
+    if (options.warm_buffer_bytes > 0) {
+      const std::size_t bytes = std::min(options.warm_buffer_bytes, options.buffer_budget);
+      Buffer warm{std::make_unique_for_overwrite<std::byte[]>(bytes), bytes};
+      std::memset(warm.data.get(), 0, bytes);
+      pool.release(std::move(warm));
+      auto warm_scratch = std::make_unique<WorkerScratch>();
+      warm_scratch->carry.resize(xet::kChunkHeaderSize + xet::kMaxCompressedChunkSize);
+      warm_scratch->carry.clear();
+      scratch.push_back(std::move(warm_scratch));
+    }
   }
 
   std::unique_ptr<WorkerScratch> take_scratch() {
@@ -1033,6 +1048,7 @@ DownloadStats Downloader::stats() const {
   out.refetches = impl_->refetches.load();
   out.confirmations = impl_->confirmations.load();
   out.peak_buffer_bytes = impl_->peak_buffer_bytes.load();
+  out.buffers_allocated = impl_->pool.allocated();
   out.peak_in_flight = impl_->peak_in_flight.load();
   out.reads_from_cache = impl_->reads_from_cache.load();
   out.layouts_fetched = impl_->layouts_fetched.load();

@@ -361,6 +361,27 @@ TEST_F(DownloadTest, RandomRangesByteExact) {
   EXPECT_FALSE(get_range(downloader, file, {10, 5}));
 }
 
+// A warmed Downloader's first small read decodes into the buffer it touched at construction (a
+// mount's first read does not fault in fresh pages); a cold one allocates.
+TEST_F(DownloadTest, WarmBufferServesTheFirstRead) {
+  const auto file = upload(3 * kMiB, 17, "warm.bin", kMiB);
+  DownloaderOptions warm_options;
+  warm_options.warm_buffer_bytes = kMiB;
+  Downloader warm(*reader_, nullptr, warm_options);
+  Downloader cold(*reader_, nullptr);
+  for (Downloader* downloader : {&warm, &cold}) {
+    auto got = get_range(*downloader, file, {0, 128 * 1024});
+    ASSERT_TRUE(got) << got.error().describe();
+    EXPECT_TRUE(std::equal(got->begin(), got->end(), file.data.begin()));
+  }
+  EXPECT_EQ(warm.stats().buffers_allocated, 0u);
+  EXPECT_GE(cold.stats().buffers_allocated, 1u);
+  // Reads larger than the warm buffer still work (they allocate).
+  auto whole = get_all(warm, file);
+  ASSERT_TRUE(whole) << whole.error().describe();
+  EXPECT_EQ(*whole, file.data);
+}
+
 TEST_F(DownloadTest, RepeatedContentAcrossNonAdjacentTerms) {
   // File = A B A' where A and A' are the same chunks of xorb 0: the entry is materialized twice.
   const auto file = upload_repeated_terms(21, "rep.bin");

@@ -438,6 +438,32 @@ class SemanticsTest(unittest.TestCase):
             self.unmount_ok(mount)
         self.assertEqual(sorted(common.tree(server, bucket)), ["dir/file.bin"])
 
+    def test_first_reads_of_a_large_file_on_a_cold_mount(self):
+        """A small first read at offset 0 of a file larger than a read stream's ring (32 MiB) is
+        fetched alone and answered before the stream starts (time to first byte); the reads after
+        it (from its window, from the stream, far away, at the end) and a whole read all return
+        the file's bytes."""
+        server, workspace, bucket = common.setup(self, "sem-first")
+        data = self.rng.randbytes(40 * MiB + 11)
+        writer = self.mounted(server, workspace, bucket, name="writer")
+        with open(writer.path("big.bin"), "wb") as handle:
+            handle.write(data)
+        self.unmount_ok(writer)
+        reader = self.mounted(server, workspace, bucket, "--read-only", name="reader",
+                              cache_dir=workspace.path("reader-cache"))
+        fd = os.open(reader.path("big.bin"), os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no readahead: the daemon sees each read
+            for offset, length in ((0, 4096), (4096, 100), (0, 8), (8, 200_000), (30 * MiB, 4096),
+                                   (len(data) - 5, 4096), (MiB - 3, 70_000)):
+                self.assertEqual(os.pread(fd, length, offset), data[offset:offset + length], "at %d" % offset)
+        finally:
+            os.close(fd)
+        with open(reader.path("big.bin"), "rb") as handle:
+            self.assertTrue(handle.read() == data)
+        self.assertNotIn("failed", reader.log())
+        self.unmount_ok(reader)
+
     def test_checkpoint_dedup_uploads_only_changed_chunks(self):
         server, workspace, bucket = common.setup(self, "sem-ckpt")
         mount = self.mounted(server, workspace, bucket)

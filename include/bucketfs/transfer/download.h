@@ -115,6 +115,11 @@ struct DownloaderOptions {
   bool confirm_unverified = true;
   // Cancels every call of this Downloader (may be null; must outlive the Downloader).
   const http::CancellationToken* cancel = nullptr;
+  // When not 0: at construction, one decode buffer of this many bytes and one fetch worker's
+  // scratch are allocated, their pages touched, and kept for the calls. A page touched for the
+  // first time costs about 10 µs here (PERF-NOTES trap 1), which a mount's first read (its time
+  // to first byte) would otherwise pay: about 0.7 ms for its first 128 KiB fetch.
+  std::size_t warm_buffer_bytes = 0;
 };
 
 // Cumulative over every call of one Downloader.
@@ -130,6 +135,7 @@ struct DownloadStats {
   std::uint64_t refetches = 0;              // fetches repeated after bytes that did not verify
   std::uint64_t confirmations = 0;          // second fetches of ranges no xorb hash could verify
   std::uint64_t peak_buffer_bytes = 0;      // largest bytes of buffers one call held at once
+  std::uint64_t buffers_allocated = 0;      // decode buffers allocated by calls (none idle would do)
   std::uint64_t peak_in_flight = 0;         // most jobs materializing at once in one call
   std::uint64_t reads_from_cache = 0;       // read_from_cache() calls served (no request)
   std::uint64_t layouts_fetched = 0;        // whole-file reconstructions fetched for read_from_cache()
