@@ -98,12 +98,14 @@ void Staged::abort_stream_locked() {
 Filesystem::Filesystem(MountServices services, MountOptions options)
     : services_(services),
       options_(std::move(options)),
+      upload_buffers_(static_cast<std::size_t>(options_.upload.memory_budget())),
       downloader_(*services.read_cas, services.chunk_cache,
                   transfer::DownloaderOptions{.parallel_fetches = 4,
                                               .buffer_budget = std::size_t{64} << 20,
                                               .warm_buffer_bytes = std::size_t{1} << 20}),
       windows_(std::max<std::size_t>(options_.max_readahead, std::size_t{1} << 20), 8),
       mounted_at_ms_(now_ms()) {
+  options_.upload.buffer_pool = &upload_buffers_;
   auto root = std::make_shared<Node>();
   root->ino = kRootIno;
   root->parent = kRootIno;

@@ -245,6 +245,8 @@ class Filesystem {
 
   MountServices services_;
   MountOptions options_;
+  // Upload buffers kept from one file's upload for the next (options_.upload.buffer_pool).
+  transfer::UploadBufferPool upload_buffers_;
   transfer::Downloader downloader_;
   WindowPool windows_;
   const std::int64_t mounted_at_ms_;

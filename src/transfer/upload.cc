@@ -201,6 +201,21 @@ struct UploadSession::Impl {
     cancel.cancel();
     stop_workers();
     join_queries();
+    give_buffers_back();
+  }
+
+  // Hands the session's read blocks and idle xorb buffers to options.buffer_pool (workers joined).
+  void give_buffers_back() {
+    UploadBufferPool* pool = options.buffer_pool;
+    if (pool == nullptr) return;
+    for (auto& block : blocks) block_pool.push_back(std::move(block.data));
+    blocks.clear();
+    for (auto& buffer : block_pool) {
+      if (buffer.bytes) pool->give_block(std::move(buffer.bytes), buffer.length);
+    }
+    block_pool.clear();
+    for (auto& buffer : free_buffers) pool->give_xorb_buffer(std::move(buffer));
+    free_buffers.clear();
   }
 
   hub::CasClient& cas;
@@ -360,6 +375,15 @@ struct UploadSession::Impl {
   void recycle_into_builder() {
     if (!builder.empty()) return;
     std::lock_guard lock(mutex);
+    if (free_buffers.empty() && builder_capacity == 0 && options.buffer_pool != nullptr) {
+      xet::Bytes kept = options.buffer_pool->take_xorb_buffer();
+      if (kept.capacity() > 0) {
+        stats.pooled_xorb_buffers++;
+        builder_capacity = kept.capacity();
+        builder.recycle(std::move(kept));
+      }
+      return;
+    }
     if (free_buffers.empty()) return;
     xet::Bytes buffer = std::move(free_buffers.back());
     free_buffers.pop_back();
@@ -664,7 +688,12 @@ struct UploadSession::Impl {
       return buffer;
     }
     const std::size_t size = options.read_piece + kBlockSlack;
-    ReadBuffer buffer{std::make_unique_for_overwrite<std::byte[]>(size), size};
+    std::unique_ptr<std::byte[]> kept = options.buffer_pool != nullptr ? options.buffer_pool->take_block(size) : nullptr;
+    if (kept) {
+      std::lock_guard lock(mutex);
+      stats.pooled_blocks++;
+    }
+    ReadBuffer buffer{kept ? std::move(kept) : std::make_unique_for_overwrite<std::byte[]>(size), size};
     blocks_allocated_bytes += buffer.size();
     return buffer;
   }
@@ -829,6 +858,49 @@ struct UploadSession::Impl {
     return stats;
   }
 };
+
+std::unique_ptr<std::byte[]> UploadBufferPool::take_block(std::size_t size) {
+  std::lock_guard lock(mutex_);
+  for (auto it = blocks_.begin(); it != blocks_.end(); ++it) {
+    if (it->second != size) continue;
+    auto block = std::move(it->first);
+    idle_bytes_ -= size;
+    blocks_.erase(it);
+    return block;
+  }
+  return nullptr;
+}
+
+void UploadBufferPool::give_block(std::unique_ptr<std::byte[]> block, std::size_t size) {
+  if (!block) return;
+  std::lock_guard lock(mutex_);
+  if (idle_bytes_ + size > max_idle_bytes_) return;
+  idle_bytes_ += size;
+  blocks_.emplace_back(std::move(block), size);
+}
+
+xet::Bytes UploadBufferPool::take_xorb_buffer() {
+  std::lock_guard lock(mutex_);
+  if (xorb_buffers_.empty()) return {};
+  xet::Bytes buffer = std::move(xorb_buffers_.back());
+  xorb_buffers_.pop_back();
+  idle_bytes_ -= buffer.capacity();
+  return buffer;
+}
+
+void UploadBufferPool::give_xorb_buffer(xet::Bytes buffer) {
+  if (buffer.capacity() == 0) return;
+  buffer.clear();
+  std::lock_guard lock(mutex_);
+  if (idle_bytes_ + buffer.capacity() > max_idle_bytes_) return;
+  idle_bytes_ += buffer.capacity();
+  xorb_buffers_.push_back(std::move(buffer));
+}
+
+std::size_t UploadBufferPool::idle_bytes() const {
+  std::lock_guard lock(mutex_);
+  return idle_bytes_;
+}
 
 UploadSession::UploadSession(hub::CasClient& cas, cache::DedupIndex* dedup_index, UploadOptions options)
     : impl_(std::make_unique<Impl>(cas, dedup_index, options)) {}

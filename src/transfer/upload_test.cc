@@ -229,6 +229,42 @@ TEST_F(UploadTest, SmallerXorbsBoundMemoryAndKeepTheFileHash) {
   }
 }
 
+TEST_F(UploadTest, BufferPoolCarriesBuffersToTheNextSession) {
+  // A mount's settings: each upload is a new session; with a pool the second takes the first's
+  // read blocks and xorb buffers instead of allocating (and faulting in) new ones.
+  UploadOptions options;
+  options.max_xorb_bytes = 16 * kMiB;
+  options.dedup_window = 16 * kMiB;
+  UploadBufferPool pool(options.memory_budget());
+  options.buffer_pool = &pool;
+  Uploader uploader(*cas_, *hub_, nullptr, options);
+  SessionStats second;
+  for (int round = 0; round < 2; ++round) {
+    SCOPED_TRACE(round);
+    const auto data = random_data(40 * kMiB + 5, 90 + round);
+    const std::string path = "pooled/" + std::to_string(round);
+    auto done = uploader.upload_and_commit(bucket_, path, memory_source(data));
+    ASSERT_TRUE(done) << done.error().describe();
+    EXPECT_EQ(done->file.file_hash, expected_hash(data));
+    EXPECT_LE(done->session.peak_buffered_bytes, options.memory_budget());
+    expect_bytes(path, data);
+    EXPECT_GT(pool.idle_bytes(), 0u);  // given back when the session ended
+    EXPECT_LE(pool.idle_bytes(), options.memory_budget());
+    second = done->session;
+    if (round == 0) EXPECT_EQ(second.pooled_blocks + second.pooled_xorb_buffers, 0u);
+  }
+  EXPECT_GE(second.pooled_blocks, 2u);
+  EXPECT_GE(second.pooled_xorb_buffers, 1u);
+  // A pool too small for a block keeps nothing.
+  UploadBufferPool tiny(kMiB);
+  options.buffer_pool = &tiny;
+  Uploader small(*cas_, *hub_, nullptr, options);
+  const auto data = random_data(3 * kMiB, 99);
+  auto done = small.upload_and_commit(bucket_, "pooled/tiny", memory_source(data));
+  ASSERT_TRUE(done) << done.error().describe();
+  EXPECT_EQ(tiny.idle_bytes(), 0u);
+}
+
 TEST_F(UploadTest, SessionSharesOneShardAndDedupsWithinIt) {
   const auto a = random_data(3 * kMiB, 11);
   auto b = a;  // same content plus a tail
