@@ -226,18 +226,21 @@ class SoakTest(unittest.TestCase):
                 time.sleep(0.2)
             self.fail("%s: uploads still pending after %d s: %s\n%s" % (what, IDLE_TIMEOUT, mount.state(), mount.log()))
 
+        # A writer's step numbers go on from one phase to the next: the names made from them
+        # (f-KEY.bin, r-KEY.bin) must not repeat, or a "create" would land on a live file.
+        steps = [0] * WRITERS
+
         def writer(number, seconds):
             rng = random.Random("%d:writer:%d:%f" % (SEED, number, seconds))
             prefix = "w%d/" % number
             deadline = time.monotonic() + seconds
-            counter = 0
             while time.monotonic() < deadline and not figures.errors:
-                counter += 1
+                steps[number] += 1
                 if pending() > PENDING_LIMIT:
                     time.sleep(0.2)
                     continue
                 try:
-                    self.writer_step(mount, model, figures, rng, prefix, "%d-%d-%d" % (SEED, number, counter))
+                    self.writer_step(mount, model, figures, rng, prefix, "%d-%d-%d" % (SEED, number, steps[number]))
                 except Exception as error:  # noqa: BLE001  (reported in the main thread)
                     figures.errors.append("writer %d: %r" % (number, error))
 
@@ -367,6 +370,7 @@ class SoakTest(unittest.TestCase):
         if len(mine) < 4 or (roll < 0.35 and len(mine) < FILES_PER_WRITER):
             path = prefix + rng.choice(["a/", "b/", "b/c/", ""]) + "f-%s.bin" % key
             with model.lock:
+                assert path not in model.files, "a new file's name %s is taken" % path
                 model.files[path] = entry = Entry([])
                 entry.busy = True
             self.write_version(mount, model, figures, rng, path, [(key, pick_size(rng))], "create")
@@ -386,6 +390,8 @@ class SoakTest(unittest.TestCase):
             source = claimed[0]
             target = claimed[1] if len(claimed) == 2 else \
                 prefix + rng.choice(["a/", "b/", ""]) + "r-%s.bin" % key
+            with model.lock:
+                assert len(claimed) == 2 or target not in model.files, "a rename's new name %s is taken" % target
             try:
                 os.makedirs(os.path.dirname(mount.path(target)), exist_ok=True)
                 os.rename(mount.path(source), mount.path(target))
