@@ -473,6 +473,22 @@ FsResult<Node*> Filesystem::child_of(std::unique_lock<std::mutex>& lock, Ino par
   return child;
 }
 
+FsResult<void> Filesystem::reattach_directory(Ino ino) {
+  Node* node = find(ino);
+  if (node == nullptr) return std::unexpected(ENOENT);
+  if (node->attached || !node->directory) return {};
+  if (auto ok = reattach_directory(node->parent); !ok) return ok;
+  node = find(ino);
+  Node* parent = node == nullptr ? nullptr : find(node->parent);
+  if (parent == nullptr) return std::unexpected(ENOENT);
+  if (parent->children.contains(node->name)) return std::unexpected(ESTALE);
+  parent->children[node->name] = ino;
+  node->attached = true;
+  node->local_only = true;
+  node->listed = false;  // its children were dropped when it was detached: list it again
+  return {};
+}
+
 FsResult<Attributes> Filesystem::lookup(Ino parent, const std::string& name) {
   std::unique_lock lock(mutex_);
   auto child = child_of(lock, parent, name);
@@ -585,6 +601,7 @@ FsResult<Attributes> Filesystem::set_mtime(Ino ino, std::int64_t mtime_ms) {
 FsResult<Attributes> Filesystem::mkdir(Ino parent, const std::string& name) {
   if (options_.read_only) return std::unexpected(EROFS);
   std::unique_lock lock(mutex_);
+  if (auto ok = reattach_directory(parent); !ok) return std::unexpected(ok.error());
   if (auto ok = refresh_directory(lock, parent); !ok) return std::unexpected(ok.error());
   Node* directory = find(parent);
   if (directory->children.contains(name)) return std::unexpected(EEXIST);
@@ -683,6 +700,7 @@ FsResult<void> Filesystem::rename(Ino parent, const std::string& name, Ino new_p
   }
   std::unique_lock remote(remote_mutex_);
   std::unique_lock lock(mutex_);
+  if (auto ok = reattach_directory(new_parent); !ok) return std::unexpected(ok.error());
   if (auto ok = refresh_directory(lock, parent); !ok) return std::unexpected(ok.error());
   if (auto ok = refresh_directory(lock, new_parent); !ok) return std::unexpected(ok.error());
   Node* from_directory = find(parent);
@@ -772,6 +790,13 @@ FsResult<void> Filesystem::rename(Ino parent, const std::string& name, Ino new_p
   source->parent = new_parent;
   source->name = new_name;
   to_directory->children[new_name] = source_ino;
+  if (std::any_of(operations.begin(), operations.end(),
+                  [](const hub::BatchOperation& op) { return op.kind == hub::BatchOperation::Kind::add_file; })) {
+    // Files are in the bucket under the new folders now (as after an upload's commit).
+    for (Node* at = to_directory; at != nullptr && at->ino != kRootIno && at->local_only; at = find(at->parent)) {
+      at->local_only = false;
+    }
+  }
   if (source->directory) source->local_only = source->local_only && operations.empty();
   // Files under the moved node now live at their new keys.
   std::vector<std::pair<std::shared_ptr<Staged>, std::string>> records;
@@ -803,6 +828,7 @@ FsResult<void> Filesystem::rename(Ino parent, const std::string& name, Ino new_p
 FsResult<std::pair<Attributes, OpenedFile>> Filesystem::create(Ino parent, const std::string& name, int flags) {
   if (options_.read_only) return std::unexpected(EROFS);
   std::unique_lock lock(mutex_);
+  if (auto ok = reattach_directory(parent); !ok) return std::unexpected(ok.error());
   if (auto ok = refresh_directory(lock, parent); !ok) return std::unexpected(ok.error());
   Node* directory = find(parent);
   if (auto it = directory->children.find(name); it != directory->children.end()) {

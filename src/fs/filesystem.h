@@ -212,6 +212,14 @@ class Filesystem {
   // The child `name` of directory `parent`, after refreshing the listing when it expired; ENOENT
   // when there is none. Takes and releases the lock.
   FsResult<Node*> child_of(std::unique_lock<std::mutex>& lock, Ino parent, const std::string& name);
+  // Before an entry is made in directory `ino` (create, mkdir, rename into it). A listing detaches
+  // a folder whose last file went, but the kernel may hold it for up to the TTL and send creates
+  // and renames into it (os.makedirs(exist_ok=True) saw it): it is the folder the application
+  // sees, so it is attached again, as a folder of this mount only (like mkdir), with its detached
+  // ancestors. Else the new entry would hang under a folder no path reaches, and its path would
+  // be ENOENT until the parent's next listing. ESTALE when the folder's name now belongs to
+  // another node (the kernel then looks the path up again). REQUIRES: mutex_ held.
+  FsResult<void> reattach_directory(Ino ino);
   // Re-reads one file's entry when its TTL expired (close-to-open).
   FsResult<void> revalidate_file(std::unique_lock<std::mutex>& lock, Ino file);
   FsResult<std::shared_ptr<Staged>> new_staged();

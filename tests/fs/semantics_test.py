@@ -8,10 +8,12 @@ Every operation is applied to the mount and to a local file side by side; the by
 on the mount, in the bucket (xet hash through the HTTP API) and after a remount with an empty
 cache."""
 import errno
+import json
 import os
 import random
 import subprocess
 import sys
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -437,6 +439,46 @@ class SemanticsTest(unittest.TestCase):
             self.assertErrno(errno.EROFS, os.utime, path, (1, 1))
             self.unmount_ok(mount)
         self.assertEqual(sorted(common.tree(server, bucket)), ["dir/file.bin"])
+
+    def test_a_folder_emptied_elsewhere_stays_usable_while_the_kernel_holds_it(self):
+        """A folder whose last file another client deletes leaves the mount at its parent's next
+        listing, while the kernel may still hold it for up to the TTL. A file created in it then
+        (through the kernel's entry, as after os.makedirs(exist_ok=True)) must stay reachable by
+        its path: the mount brings the folder back, rather than keeping the file under a folder no
+        path reaches (its path was ENOENT until the parent's next listing)."""
+        ttl = 3.0
+        server, workspace, bucket = common.setup(self, "sem-stale")
+        mount = self.mounted(server, workspace, bucket, "--metadata-ttl", str(ttl))
+        for name in ("a/old.bin", "b/keep.bin"):
+            os.makedirs(os.path.dirname(mount.path("w", name)), exist_ok=True)
+            with open(mount.path("w", name), "wb") as handle:
+                handle.write(name.encode())
+                handle.flush()
+                os.fsync(handle.fileno())
+        time.sleep(ttl + 0.2)  # every entry the kernel holds has expired
+
+        def at(fraction):
+            time.sleep(max(0.0, start + ttl * fraction - time.monotonic()))
+
+        start = time.monotonic()
+        os.stat(mount.path("w", "b"))  # lists w: fresh for a TTL
+        # Another client deletes the folder's only file.
+        line = json.dumps({"type": "deleteFile", "path": "w/a/old.bin"}) + "\n"
+        answer = api.request("POST", "/api/buckets/%s/batch" % bucket, line.encode(), token=api.ALICE_W,
+                             server=server, headers={"Content-Type": "application/x-ndjson"})
+        self.assertEqual(answer.status, 200, answer.body)
+        at(0.5)
+        os.stat(mount.path("w", "a"))  # from w's fresh listing: the kernel holds "a" until 1.5 TTL
+        at(1.1)
+        self.assertErrno(errno.ENOENT, os.stat, mount.path("w", "nothing-here"))  # lists w again, without "a"
+        at(1.2)
+        with open(mount.path("w", "a", "new.bin"), "wb") as handle:  # through the kernel's "a"
+            handle.write(b"made in a folder the mount had dropped")
+        at(1.7)  # the kernel looks "a" up again, while w's listing (from 1.1 TTL) is fresh
+        with open(mount.path("w", "a", "new.bin"), "rb") as handle:
+            self.assertEqual(handle.read(), b"made in a folder the mount had dropped")
+        self.unmount_ok(mount)
+        self.assertEqual(sorted(common.tree(server, bucket)), ["w/a/new.bin", "w/b/keep.bin"])
 
     def test_first_reads_of_a_large_file_on_a_cold_mount(self):
         """A small first read at offset 0 of a file larger than a read stream's ring (32 MiB) is
