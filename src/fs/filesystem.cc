@@ -473,6 +473,12 @@ FsResult<Node*> Filesystem::child_of(std::unique_lock<std::mutex>& lock, Ino par
   return child;
 }
 
+void Filesystem::in_bucket(Node* directory) {
+  for (Node* at = directory; at != nullptr && at->ino != kRootIno && at->local_only; at = find(at->parent)) {
+    at->local_only = false;
+  }
+}
+
 FsResult<void> Filesystem::reattach_directory(Ino ino) {
   Node* node = find(ino);
   if (node == nullptr) return std::unexpected(ENOENT);
@@ -792,10 +798,7 @@ FsResult<void> Filesystem::rename(Ino parent, const std::string& name, Ino new_p
   to_directory->children[new_name] = source_ino;
   if (std::any_of(operations.begin(), operations.end(),
                   [](const hub::BatchOperation& op) { return op.kind == hub::BatchOperation::Kind::add_file; })) {
-    // Files are in the bucket under the new folders now (as after an upload's commit).
-    for (Node* at = to_directory; at != nullptr && at->ino != kRootIno && at->local_only; at = find(at->parent)) {
-      at->local_only = false;
-    }
+    in_bucket(to_directory);  // files are in the bucket under the new folders now
   }
   if (source->directory) source->local_only = source->local_only && operations.empty();
   // Files under the moved node now live at their new keys.
@@ -1213,9 +1216,7 @@ FsResult<std::size_t> Filesystem::copy_range(std::uint64_t id_in, std::uint64_t 
       if (handle->staged == dropped.front()) handle->staged.reset();
     }
   }
-  for (Node* at = find(target->parent); at != nullptr && at->ino != kRootIno && at->local_only; at = find(at->parent)) {
-    at->local_only = false;
-  }
+  in_bucket(find(target->parent));
   lock.unlock();
   for (auto& old : dropped) {
     old->abandoned = true;
@@ -1667,12 +1668,7 @@ void Filesystem::upload_group(const std::vector<Ino>& inos) {
         node->superseded.clear();
       }
       if (!staged->dirty() && node->open_handles == 0 && node->staged == staged) node->staged.reset();
-      // Its folders are in the bucket now, no longer this mount's own: once another client
-      // empties them they go, as on every other mount.
-      for (Node* at = find(node->parent); at != nullptr && at->ino != kRootIno && at->local_only;
-           at = find(at->parent)) {
-        at->local_only = false;
-      }
+      in_bucket(find(node->parent));
     }
     after.emplace_back(staged, staged->journaled && !staged->dirty());
   }

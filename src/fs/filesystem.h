@@ -205,6 +205,10 @@ class Filesystem {
   void maybe_erase(Ino ino);
   bool listing_fresh(const Node& directory) const;
   bool has_local_state(const Node& node) const;
+  // A file was committed under `directory` (may be null): it and its ancestors are in the bucket
+  // now, no longer this mount's own folders, so once another client empties them they go, as on
+  // every other mount. REQUIRES: mutex_ held.
+  void in_bucket(Node* directory);
   void enqueue(Node& node, std::chrono::steady_clock::time_point not_before = {});
 
   // Lists `directory` from the bucket when its listing expired. Takes and releases the lock.
