@@ -1,7 +1,19 @@
 #include "bucketfs/xet/hash.h"
 
 #include <algorithm>
+#include <bit>
 #include <charconv>
+
+// Two internal entry points of the BLAKE3 C sources we build (blake3_impl.h, not installed as a
+// public header): one compression, and many equal-length inputs hashed in SIMD lanes. The group
+// values of a chunk are BLAKE3 chaining values, which the public API does not expose.
+extern "C" {
+void blake3_compress_in_place(std::uint32_t cv[8], const std::uint8_t block[64], std::uint8_t block_len,
+                              std::uint64_t counter, std::uint8_t flags);
+void blake3_hash_many(const std::uint8_t* const* inputs, std::size_t num_inputs, std::size_t blocks,
+                      const std::uint32_t key[8], std::uint64_t counter, bool increment_counter, std::uint8_t flags,
+                      std::uint8_t flags_start, std::uint8_t flags_end, std::uint8_t* out);
+}
 
 namespace bucketfs::xet {
 namespace {
@@ -23,6 +35,124 @@ Hash keyed_hash(const std::uint8_t* key, const void* data, std::size_t size) {
   Hash out;
   blake3_hasher_finalize(&hasher, out.bytes.data(), out.bytes.size());
   return out;
+}
+
+// BLAKE3's tree (the BLAKE3 paper, section 2): 1 KiB pieces ("chunks" there) of 64-byte blocks,
+// each piece's blocks chained from the key with CHUNK_START / CHUNK_END on its first / last
+// block and the piece's index as counter; then parents over pairs of chaining values, the left
+// subtree always the largest power of two of pieces that leaves at least one on the right; the
+// topmost compression carries ROOT.
+constexpr std::size_t kPieceBytes = 1024;
+constexpr std::size_t kBlockBytes = 64;
+constexpr std::size_t kPiecesPerGroup = kChunkGroupBytes / kPieceBytes;
+constexpr std::uint8_t kChunkStart = 1, kChunkEnd = 2, kParent = 4, kRoot = 8, kKeyedHash = 16;
+
+struct KeyWords {
+  std::uint32_t words[8];
+};
+
+const KeyWords& data_key_words() {
+  static const KeyWords words = [] {
+    KeyWords made{};
+    for (int i = 0; i < 8; ++i) {
+      made.words[i] = std::uint32_t{kDataKey[4 * i]} | std::uint32_t{kDataKey[4 * i + 1]} << 8 |
+                      std::uint32_t{kDataKey[4 * i + 2]} << 16 | std::uint32_t{kDataKey[4 * i + 3]} << 24;
+    }
+    return made;
+  }();
+  return words;
+}
+
+Hash hash_of_words(const std::uint32_t words[8]) {
+  Hash out;
+  for (int i = 0; i < 8; ++i) {
+    for (int b = 0; b < 4; ++b) out.bytes[4 * i + b] = static_cast<std::uint8_t>(words[i] >> (8 * b));
+  }
+  return out;
+}
+
+Hash parent_value(const Hash& left, const Hash& right, bool root) {
+  std::uint8_t block[kBlockBytes];
+  std::memcpy(block, left.bytes.data(), 32);
+  std::memcpy(block + 32, right.bytes.data(), 32);
+  std::uint32_t cv[8];
+  std::memcpy(cv, data_key_words().words, sizeof cv);
+  blake3_compress_in_place(cv, block, kBlockBytes, 0, kKeyedHash | kParent | (root ? kRoot : 0));
+  return hash_of_words(cv);
+}
+
+// Pieces a subtree of `pieces` pieces gives its left child.
+std::size_t left_pieces(std::size_t pieces) { return std::bit_floor(pieces - 1); }
+
+// Merges the values of `count` consecutive pieces (or groups: `unit` pieces each, the last
+// possibly fewer, `last_pieces` of them) into their subtree's value.
+Hash merge_values(const Hash* values, std::size_t count, std::size_t unit, std::size_t last_pieces, bool root) {
+  if (count == 1) return values[0];
+  const std::size_t pieces = (count - 1) * unit + last_pieces;
+  const std::size_t left = left_pieces(pieces) / unit;  // a whole number of units (see the caller)
+  return parent_value(merge_values(values, left, unit, unit, false),
+                      merge_values(values + left, count - left, unit, last_pieces, false), root);
+}
+
+// Piece values of `bytes` (pieces numbered from `first_piece`), 32 bytes each, into `out`;
+// returns how many. The full pieces go through SIMD lanes in one call.
+std::size_t piece_values(ByteSpan bytes, std::uint64_t first_piece, std::uint8_t* out) {
+  const std::size_t full = bytes.size() / kPieceBytes;
+  const std::size_t tail = bytes.size() % kPieceBytes;
+  const auto* data = reinterpret_cast<const std::uint8_t*>(bytes.data());
+  if (full > 0) {
+    const std::uint8_t* inputs[kMaxChunkGroups * kPiecesPerGroup];
+    for (std::size_t i = 0; i < full; ++i) inputs[i] = data + i * kPieceBytes;
+    blake3_hash_many(inputs, full, kPieceBytes / kBlockBytes, data_key_words().words, first_piece, true, kKeyedHash,
+                     kChunkStart, kChunkEnd, out);
+  }
+  if (tail == 0) return full;
+  std::uint32_t cv[8];
+  std::memcpy(cv, data_key_words().words, sizeof cv);
+  const std::size_t blocks = (tail + kBlockBytes - 1) / kBlockBytes;
+  for (std::size_t b = 0; b < blocks; ++b) {
+    std::uint8_t block[kBlockBytes] = {};
+    const std::size_t length = std::min(kBlockBytes, tail - b * kBlockBytes);
+    std::memcpy(block, data + full * kPieceBytes + b * kBlockBytes, length);
+    const std::uint8_t flags = kKeyedHash | (b == 0 ? kChunkStart : 0) | (b + 1 == blocks ? kChunkEnd : 0);
+    blake3_compress_in_place(cv, block, static_cast<std::uint8_t>(length), first_piece + full, flags);
+  }
+  const Hash last = hash_of_words(cv);
+  std::memcpy(out + 32 * full, last.bytes.data(), 32);
+  return full + 1;
+}
+
+// Reduces the values of `groups` full groups (16 piece values each, back to back in `values`)
+// to one value per group, at the front of `values`: level by level, each level's parents in
+// SIMD lanes (a pair of neighbouring values is one parent block).
+void reduce_full_groups(std::uint8_t* values, std::size_t groups) {
+  std::uint8_t parents[kMaxChunkGroups * kPiecesPerGroup / 2 * 32];
+  const std::uint8_t* inputs[kMaxChunkGroups * kPiecesPerGroup / 2];
+  for (std::size_t count = groups * kPiecesPerGroup; count > groups; count /= 2) {
+    for (std::size_t i = 0; i < count / 2; ++i) inputs[i] = values + 64 * i;
+    blake3_hash_many(inputs, count / 2, 1, data_key_words().words, 0, false, kKeyedHash | kParent, 0, 0, parents);
+    std::memcpy(values, parents, count / 2 * 32);
+  }
+}
+
+Hash value_at(const std::uint8_t* values, std::size_t i) {
+  Hash out;
+  std::memcpy(out.bytes.data(), values + 32 * i, 32);
+  return out;
+}
+
+// The (non-root) value of the subtree over `bytes` (at most one group, not empty), whose first
+// piece is piece number `first_piece` of the chunk.
+Hash subtree_value(ByteSpan bytes, std::uint64_t first_piece) {
+  std::uint8_t values[kPiecesPerGroup * 32];
+  const std::size_t pieces = piece_values(bytes, first_piece, values);
+  if (bytes.size() == kChunkGroupBytes) {
+    reduce_full_groups(values, 1);
+    return value_at(values, 0);
+  }
+  Hash hashes[kPiecesPerGroup];
+  for (std::size_t i = 0; i < pieces; ++i) hashes[i] = value_at(values, i);
+  return merge_values(hashes, pieces, 1, 1, false);
 }
 
 constexpr char kHexDigits[] = "0123456789abcdef";
@@ -143,6 +273,38 @@ Hash Hash::from_raw(std::span<const std::byte, 32> raw) {
 }
 
 Hash chunk_hash(ByteSpan chunk) { return keyed_hash(kDataKey, chunk.data(), chunk.size()); }
+
+std::size_t chunk_group_count(std::size_t size) {
+  if (size <= kChunkGroupBytes) return 0;
+  const std::size_t groups = (size + kChunkGroupBytes - 1) / kChunkGroupBytes;
+  return groups <= kMaxChunkGroups ? groups : 0;
+}
+
+Hash chunk_group_value(ByteSpan group, std::size_t index) { return subtree_value(group, index * kPiecesPerGroup); }
+
+Hash chunk_group_values(ByteSpan chunk, std::span<Hash> out) {
+  const std::size_t groups = chunk_group_count(chunk.size());
+  std::uint8_t values[kMaxChunkGroups * kPiecesPerGroup * 32];
+  const std::size_t pieces = piece_values(chunk, 0, values);
+  const std::size_t full_groups = chunk.size() / kChunkGroupBytes;
+  if (full_groups < groups) {  // the last group is partial: merged on its own, before the full ones are
+    const std::size_t first = full_groups * kPiecesPerGroup;
+    Hash hashes[kPiecesPerGroup];
+    for (std::size_t i = first; i < pieces; ++i) hashes[i - first] = value_at(values, i);
+    out[full_groups] = merge_values(hashes, pieces - first, 1, 1, false);
+  }
+  reduce_full_groups(values, full_groups);
+  for (std::size_t g = 0; g < full_groups; ++g) out[g] = value_at(values, g);
+  return chunk_hash_from_groups(out.first(groups), chunk.size());
+}
+
+Hash chunk_hash_from_groups(std::span<const Hash> groups, std::size_t chunk_size) {
+  // Every subtree over more than one group splits at a power of two of at least 16 pieces, a
+  // group boundary, so the tree above the groups is built from the group values alone.
+  const std::size_t last_bytes = chunk_size - (groups.size() - 1) * kChunkGroupBytes;
+  const std::size_t last_pieces = (last_bytes + kPieceBytes - 1) / kPieceBytes;
+  return merge_values(groups.data(), groups.size(), kPiecesPerGroup, last_pieces, true);
+}
 
 ChunkHashState::ChunkHashState() { blake3_hasher_init_keyed(&hasher_, kDataKey); }
 void ChunkHashState::update(ByteSpan data) { blake3_hasher_update(&hasher_, data.data(), data.size()); }

@@ -135,5 +135,58 @@ TEST(Hash, ChunkHashStateMatchesOneShot) {
   EXPECT_EQ(state.finish(), chunk_hash(ByteSpan(data).first(10)));
 }
 
+// Group values must rebuild the chunk hash bit for bit at every size the tree shape depends
+// on: one piece past a group, a partial last piece, exact powers of two, xet's maximum.
+TEST(ChunkGroups, RebuildTheChunkHashAtEverySize) {
+  std::mt19937_64 rng(11);
+  std::vector<std::byte> data(kMaxChunkGroups * kChunkGroupBytes);
+  for (auto& b : data) b = std::byte(rng());
+  const std::size_t sizes[] = {16385, 17407, 17408, 17409, 32767, 32768, 32769, 48000,  49152,
+                               65535, 65536, 65537, 87041, 98304, 114688, 131071, 131072};
+  for (const std::size_t size : sizes) {
+    const ByteSpan chunk = ByteSpan(data).first(size);
+    const std::size_t groups = chunk_group_count(size);
+    ASSERT_EQ(groups, (size + kChunkGroupBytes - 1) / kChunkGroupBytes) << size;
+    std::vector<Hash> values(groups);
+    EXPECT_EQ(chunk_group_values(chunk, values), chunk_hash(chunk)) << size;
+    EXPECT_EQ(chunk_hash_from_groups(values, size), chunk_hash(chunk)) << size;
+    for (std::size_t g = 0; g < groups; ++g) {
+      const std::size_t start = g * kChunkGroupBytes;
+      EXPECT_EQ(chunk_group_value(chunk.subspan(start, std::min(kChunkGroupBytes, size - start)), g), values[g])
+          << size << " group " << g;
+    }
+  }
+  EXPECT_EQ(chunk_group_count(0), 0u);
+  EXPECT_EQ(chunk_group_count(kChunkGroupBytes), 0u);  // one group: verified whole
+  EXPECT_EQ(chunk_group_count(kMaxChunkGroups * kChunkGroupBytes + 1), 0u);
+}
+
+// What a reader relies on: a changed byte in the group it read, or a group value that is not the
+// chunk's (a corrupt index), gives a different chunk hash.
+TEST(ChunkGroups, AChangedByteOrValueChangesTheHash) {
+  std::mt19937_64 rng(12);
+  std::vector<std::byte> data(87041);
+  for (auto& b : data) b = std::byte(rng());
+  std::vector<Hash> values(chunk_group_count(data.size()));
+  const Hash expected = chunk_group_values(data, values);
+  for (const std::size_t at : {std::size_t{0}, std::size_t{16384}, std::size_t{40000}, data.size() - 1}) {
+    const std::size_t g = at / kChunkGroupBytes;
+    std::vector<std::byte> group(data.begin() + static_cast<std::ptrdiff_t>(g * kChunkGroupBytes),
+                                 data.begin() + static_cast<std::ptrdiff_t>(
+                                                    std::min(data.size(), (g + 1) * kChunkGroupBytes)));
+    group[at - g * kChunkGroupBytes] ^= std::byte{1};
+    std::vector<Hash> changed = values;
+    changed[g] = chunk_group_value(group, g);
+    EXPECT_NE(chunk_hash_from_groups(changed, data.size()), expected) << at;
+    // The same bytes claimed as another group (a wrong counter) do not verify either.
+    const std::size_t other = (g + 1) % values.size();
+    changed = values;
+    changed[other] = values[g];
+    EXPECT_NE(chunk_hash_from_groups(changed, data.size()), expected) << at;
+  }
+  values[2].bytes[5] ^= 1;
+  EXPECT_NE(chunk_hash_from_groups(values, data.size()), expected);
+}
+
 }  // namespace
 }  // namespace bucketfs::xet

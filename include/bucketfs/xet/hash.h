@@ -47,6 +47,31 @@ struct HashAndSize {
 // BLAKE3 keyed with DATA_KEY over the chunk bytes.
 Hash chunk_hash(ByteSpan chunk);
 
+// Verifying part of a chunk. BLAKE3 hashes its input as a binary tree over 1 KiB pieces, so a
+// chunk hash can be recomputed from the chaining values of the chunk's aligned 16 KiB groups
+// (its "group values"). A cache that keeps a chunk's group values can check the bytes of one
+// group against the chunk hash without reading the rest of the chunk; a wrong group value
+// changes the recomputed hash, so the group values themselves need no trust.
+inline constexpr std::size_t kChunkGroupBytes = 16 * 1024;
+inline constexpr std::size_t kMaxChunkGroups = 8;  // groups of a chunk of xet's 128 KiB maximum
+
+// How many group values a chunk of `size` bytes has: 0 when it is one group or less (such a
+// chunk is verified whole) or longer than kMaxChunkGroups groups; else ceil(size / 16 KiB).
+std::size_t chunk_group_count(std::size_t size);
+
+// The value of group `index` of a chunk, from that group's bytes: kChunkGroupBytes, or the
+// rest of the chunk for its last group. REQUIRES: the chunk has group values.
+Hash chunk_group_value(ByteSpan group, std::size_t index);
+
+// Every group value of `chunk`, in order, into `out` (chunk_group_count(chunk.size()) entries),
+// and returns the chunk hash: the same as chunk_hash(chunk), in about the same time.
+Hash chunk_group_values(ByteSpan chunk, std::span<Hash> out);
+
+// The chunk hash that group values `groups` of a chunk of `chunk_size` bytes give. Equals
+// chunk_hash(chunk) exactly when every value is the chunk's own.
+// REQUIRES: groups.size() == chunk_group_count(chunk_size) > 0.
+Hash chunk_hash_from_groups(std::span<const Hash> groups, std::size_t chunk_size);
+
 // Incremental chunk hash, for data that arrives in pieces. Equivalent to chunk_hash() of the
 // concatenation. Cheap to reset; holds no heap memory.
 class ChunkHashState {
