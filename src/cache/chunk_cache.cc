@@ -126,6 +126,7 @@ struct ReadScratch {
   std::vector<Location> locations;
   std::unique_ptr<ZSTD_DCtx, DctxDeleter> dctx;
   AlignedBytes direct;  // kStagingBytes, allocated on the first direct read
+  xet::Bytes part;      // a chunk's groups (or the whole chunk) read by get_part
 };
 
 // Reads up to `size` bytes at `offset` with direct I/O through `bounce` (kStagingBytes,
@@ -316,6 +317,17 @@ struct ChunkCache::State {
     if (chunks.size() - 1 > std::numeric_limits<std::uint32_t>::max() - first) {
       return std::unexpected(Error{ErrorCode::kInvalidArgument, 0, "chunk index past 2^32"});
     }
+    // Group values (for reads of part of a chunk) are hashed outside the write lock.
+    std::vector<std::array<xet::Hash, xet::kMaxChunkGroups>> group_values(chunks.size());
+    for (std::size_t i = 0; i < chunks.size(); ++i) {
+      const std::size_t groups = xet::chunk_group_count(chunks[i].data.size());
+      if (groups == 0) continue;
+      if (chunks[i].groups.size() == groups) {
+        std::copy(chunks[i].groups.begin(), chunks[i].groups.end(), group_values[i].begin());
+      } else {
+        xet::chunk_group_values(chunks[i].data, group_values[i]);
+      }
+    }
     std::vector<std::pair<ChunkKey, Location>> entries;
     entries.reserve(chunks.size());
     {
@@ -346,9 +358,13 @@ struct ChunkCache::State {
         }
         const std::uint64_t offset = active.size;
         if (auto written = append(payload); !written) return abandon_active(written);  // advances active.size
-        entries.emplace_back(format::chunk_key(xorb, first + static_cast<std::uint32_t>(i)),
-                             Location{active.id, offset, static_cast<std::uint32_t>(payload.size()),
-                                      static_cast<std::uint32_t>(data.size()), codec, chunks[i].hash});
+        Location loc{active.id, offset, static_cast<std::uint32_t>(payload.size()),
+                     static_cast<std::uint32_t>(data.size()), codec, chunks[i].hash};
+        if (codec == Codec::kRaw) {
+          loc.group_count = static_cast<std::uint8_t>(xet::chunk_group_count(data.size()));
+          loc.groups = group_values[i];
+        }
+        entries.emplace_back(format::chunk_key(xorb, first + static_cast<std::uint32_t>(i)), loc);
       }
       if (auto written = write_staged(); !written) return abandon_active(written);
       if (options.sync_data && ::fdatasync(active.file->get()) != 0) {
@@ -773,6 +789,63 @@ struct ChunkCache::State {
     return std::optional<RangeRead>{std::move(read)};
   }
 
+  Result<std::optional<std::size_t>> get_part(const xet::Hash& xorb, std::uint32_t index, std::uint64_t offset,
+                                              std::span<std::byte> out) {
+    const ChunkKey key = format::chunk_key(xorb, index);
+    std::optional<Location> found;
+    {
+      std::optional<lmdb::Transaction> txn;
+      auto located = locate(txn, key);
+      if (!located) return std::unexpected(located.error());
+      found = *located;
+    }  // no read transaction held across file I/O
+    if (!found) {
+      ++misses;
+      return std::optional<std::size_t>{};
+    }
+    const Location& loc = *found;
+    if (offset > loc.raw_size || out.size() > loc.raw_size - offset) {
+      return std::unexpected(Error{ErrorCode::kInvalidArgument, 0,
+                                   "bytes [" + std::to_string(offset) + ", +" + std::to_string(out.size()) +
+                                       ") of a chunk of " + std::to_string(loc.raw_size)});
+    }
+    xet::Bytes& buffer = read_scratch.part;
+    bool verified = false;
+    std::size_t read_bytes = loc.raw_size;
+    if (loc.group_count > 0 && out.size() > 0) {
+      // Only the groups holding the bytes are read; with the other groups' stored values they
+      // must give the chunk hash.
+      const std::size_t first_group = offset / xet::kChunkGroupBytes;
+      const std::size_t end_group = (offset + out.size() + xet::kChunkGroupBytes - 1) / xet::kChunkGroupBytes;
+      const std::size_t start = first_group * xet::kChunkGroupBytes;
+      read_bytes = std::min<std::size_t>(end_group * xet::kChunkGroupBytes, loc.raw_size) - start;
+      if (buffer.size() < read_bytes) buffer.resize(read_bytes);
+      auto file = file_for(loc.segment);
+      if (file && pread_full(file->get(), buffer.data(), read_bytes, loc.offset + start) == read_bytes) {
+        std::array<xet::Hash, xet::kMaxChunkGroups> groups = loc.groups;
+        for (std::size_t g = first_group; g < end_group; ++g) {
+          const std::size_t at = g * xet::kChunkGroupBytes - start;
+          groups[g] = xet::chunk_group_value(
+              xet::ByteSpan(buffer.data() + at, std::min(xet::kChunkGroupBytes, read_bytes - at)), g);
+        }
+        verified = xet::chunk_hash_from_groups(std::span(groups).first(loc.group_count), loc.raw_size) == loc.hash;
+      }
+      if (verified) std::memcpy(out.data(), buffer.data() + (offset - start), out.size());
+    } else {
+      if (buffer.size() < loc.raw_size) buffer.resize(loc.raw_size);
+      if (read_run(std::span(&loc, 1), buffer.data()) == 1) {
+        verified = true;
+        std::memcpy(out.data(), buffer.data() + offset, out.size());
+      }
+    }
+    if (!verified) {
+      drop_entry(key, loc);
+      return std::optional<std::size_t>{};
+    }
+    note_hit(loc.segment, 1, read_bytes);
+    return std::optional<std::size_t>{out.size()};
+  }
+
   Result<ChunkCacheStats> stats() {
     ChunkCacheStats s;
     s.max_bytes = options.max_bytes;
@@ -906,6 +979,11 @@ Result<std::optional<xet::ByteSpan>> ChunkCache::get(const xet::Hash& xorb, std:
 Result<std::optional<RangeRead>> ChunkCache::get_range(const xet::Hash& xorb, std::uint32_t first,
                                                        std::uint32_t last, std::span<std::byte> out) {
   return state_->get_range(xorb, first, last, out);
+}
+
+Result<std::optional<std::size_t>> ChunkCache::get_part(const xet::Hash& xorb, std::uint32_t index,
+                                                        std::uint64_t offset, std::span<std::byte> out) {
+  return state_->get_part(xorb, index, offset, out);
 }
 
 Result<std::optional<std::vector<std::uint32_t>>> ChunkCache::chunk_sizes(const xet::Hash& xorb,

@@ -18,6 +18,7 @@
 
 #include "bucketfs/cache/dedup_index.h"
 #include "bucketfs/xet/chunker.h"
+#include "format.h"
 #include "temp_dir.h"
 #include "test_util.h"
 
@@ -293,6 +294,103 @@ TEST_F(ChunkCacheTest, FlippedByteIsDetectedDroppedAndRefetchable) {
   EXPECT_EQ(read(*cache, x.hash, 2), x.chunks[2]);
   ASSERT_TRUE(cache->flush());
   EXPECT_TRUE(holds(*cache, x));
+}
+
+// Part reads: any byte range of a chunk comes back exactly, from the queue and from LMDB, for
+// chunks with group values (raw, > 16 KiB), small chunks and compressed ones (read whole).
+TEST_F(ChunkCacheTest, PartReadsReturnExactlyTheAskedBytes) {
+  auto o = options();
+  o.compression_level = 3;
+  auto cache = open_cache(o);
+  const TestXorb big = make_xorb(40, 3, 90000);
+  const TestXorb small = make_xorb(41, 2, 9000);
+  const TestXorb text = make_xorb(42, 2, kChunk, /*compressible=*/true);
+  for (const TestXorb* x : {&big, &small, &text}) ASSERT_TRUE(cache->put(x->hash, 0, x->data()));
+  for (int flushed = 0; flushed < 2; ++flushed) {
+    for (const TestXorb* x : {&big, &small, &text}) {
+      for (std::uint32_t i = 0; i < x->chunks.size(); ++i) {
+        const xet::Bytes& chunk = x->chunks[i];
+        const std::pair<std::size_t, std::size_t> ranges[] = {
+            {0, 4096}, {16380, 8}, {16384, 16384}, {chunk.size() - 4096, 4096}, {100, chunk.size() - 200},
+            {chunk.size() / 2, 0}, {0, chunk.size()}};
+        for (const auto& [at, length] : ranges) {
+          if (at + length > chunk.size()) continue;
+          xet::Bytes out(length);
+          auto got = cache->get_part(x->hash, i, at, out);
+          ASSERT_TRUE(got) << got.error().message;
+          ASSERT_TRUE(*got) << "chunk " << i << " at " << at;
+          EXPECT_EQ(**got, length);
+          EXPECT_TRUE(std::equal(out.begin(), out.end(), chunk.begin() + static_cast<std::ptrdiff_t>(at)))
+              << "chunk " << i << " at " << at << " length " << length;
+        }
+      }
+    }
+    ASSERT_TRUE(cache->flush());
+  }
+  xet::Bytes out(10);
+  auto past = cache->get_part(big.hash, 0, big.chunks[0].size() - 5, out);
+  ASSERT_FALSE(past);
+  EXPECT_EQ(past.error().code, ErrorCode::kInvalidArgument);
+  auto missing = cache->get_part(big.hash, 7, 0, out);
+  ASSERT_TRUE(missing);
+  EXPECT_FALSE(*missing);
+  EXPECT_EQ(stats(*cache).corruptions, 0u);
+}
+
+// A part read hashes only the groups it reads, and those must give the chunk hash: a flipped
+// byte in them is a corruption (entry dropped), and a part read of other groups of the same
+// chunk, before that, does not see the flip but returns correct bytes.
+TEST_F(ChunkCacheTest, PartReadDetectsAFlippedByteInTheGroupsItReads) {
+  auto cache = open_cache(options());
+  const TestXorb x = make_xorb(43, 2, 90000);
+  ASSERT_TRUE(cache->put(x.hash, 0, x.data()));
+  ASSERT_TRUE(cache->flush());
+  const auto files = segment_files(chunk_dir());
+  ASSERT_EQ(files.size(), 1u);
+  const std::size_t flipped = 40000;  // in group 2 of chunk 1
+  {
+    const auto offset = static_cast<off_t>(x.chunks[0].size() + flipped);
+    const int fd = ::open(files[0].c_str(), O_RDWR);
+    ASSERT_GE(fd, 0);
+    char byte;
+    ASSERT_EQ(::pread(fd, &byte, 1, offset), 1);
+    byte = static_cast<char>(byte ^ 0x01);
+    ASSERT_EQ(::pwrite(fd, &byte, 1, offset), 1);
+    ::close(fd);
+  }
+  xet::Bytes out(4096);
+  auto other = cache->get_part(x.hash, 1, 0, out);  // group 0: untouched bytes
+  ASSERT_TRUE(other && *other);
+  EXPECT_TRUE(std::equal(out.begin(), out.end(), x.chunks[1].begin()));
+  auto bad = cache->get_part(x.hash, 1, flipped - 100, out);  // group 2
+  ASSERT_TRUE(bad);
+  EXPECT_FALSE(*bad);
+  EXPECT_EQ(stats(*cache).corruptions, 1u);
+  EXPECT_FALSE(read(*cache, x.hash, 1));  // dropped
+  EXPECT_EQ(read(*cache, x.hash, 0), x.chunks[0]);
+}
+
+// A store written without group values (format 1, or any entry of 60 bytes) is read whole.
+TEST_F(ChunkCacheTest, EntriesWithoutGroupValuesAreReadWhole) {
+  auto cache = open_cache(options());
+  const TestXorb x = make_xorb(44, 1, 90000);
+  ASSERT_TRUE(cache->put(x.hash, 0, x.data()));
+  ASSERT_TRUE(cache->flush());
+  {  // rewrite the entry as format 1 wrote it
+    auto txn = store_->environment().begin_write();
+    ASSERT_TRUE(txn);
+    const auto key = format::chunk_key(x.hash, 0);
+    auto value = txn->get(store_->databases().chunks, format::view(key));
+    ASSERT_TRUE(value && *value);
+    ASSERT_EQ((*value)->size(), format::kLocationSize + 6 * 32);
+    const std::string shorter((*value)->data(), format::kLocationSize);
+    ASSERT_TRUE(txn->put(store_->databases().chunks, format::view(key), shorter));
+    ASSERT_TRUE(txn->commit());
+  }
+  xet::Bytes out(5000);
+  auto got = cache->get_part(x.hash, 0, 70000, out);
+  ASSERT_TRUE(got && *got);
+  EXPECT_TRUE(std::equal(out.begin(), out.end(), x.chunks[0].begin() + 70000));
 }
 
 TEST_F(ChunkCacheTest, CorruptionOfAQueuedEntryIsCaughtToo) {

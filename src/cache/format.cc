@@ -6,19 +6,22 @@
 
 namespace bucketfs::cache::format {
 
-std::array<char, kLocationSize> encode(const Location& loc) {
-  std::array<char, kLocationSize> out{};
-  put_le(out.data(), loc.segment, 8);
-  put_le(out.data() + 8, loc.offset, 8);
-  put_le(out.data() + 16, loc.stored_size, 4);
-  put_le(out.data() + 20, loc.raw_size, 4);
-  out[24] = static_cast<char>(loc.codec);
-  put_hash(out.data() + 28, loc.hash);
+EncodedLocation encode(const Location& loc) {
+  EncodedLocation out;
+  char* p = out.bytes.data();
+  put_le(p, loc.segment, 8);
+  put_le(p + 8, loc.offset, 8);
+  put_le(p + 16, loc.stored_size, 4);
+  put_le(p + 20, loc.raw_size, 4);
+  p[24] = static_cast<char>(loc.codec);
+  put_hash(p + 28, loc.hash);
+  out.length = kLocationSize;
+  for (std::size_t g = 0; g < loc.group_count; ++g, out.length += 32) put_hash(p + out.length, loc.groups[g]);
   return out;
 }
 
 std::optional<Location> decode_location(std::string_view value) {
-  if (value.size() != kLocationSize) return std::nullopt;
+  if (value.size() < kLocationSize || (value.size() - kLocationSize) % 32 != 0) return std::nullopt;
   const char* p = value.data();
   Location loc;
   loc.segment = get_le(p, 8);
@@ -29,6 +32,13 @@ std::optional<Location> decode_location(std::string_view value) {
   if (codec > static_cast<std::uint8_t>(Codec::kZstd)) return std::nullopt;
   loc.codec = static_cast<Codec>(codec);
   loc.hash = get_hash(p + 28);
+  const std::size_t groups = (value.size() - kLocationSize) / 32;
+  if (groups > 0) {
+    // Group values only for a raw chunk, exactly as many as its size has.
+    if (loc.codec != Codec::kRaw || groups != xet::chunk_group_count(loc.raw_size)) return std::nullopt;
+    loc.group_count = static_cast<std::uint8_t>(groups);
+    for (std::size_t g = 0; g < groups; ++g) loc.groups[g] = get_hash(p + kLocationSize + 32 * g);
+  }
   return loc;
 }
 

@@ -63,8 +63,9 @@ inline std::string_view view(const ChunkKey& key) { return {key.data(), key.size
 
 enum class Codec : std::uint8_t { kRaw = 0, kZstd = 1 };
 
-// chunks value (60 bytes): segment u64 ‖ offset u64 ‖ stored_size u32 ‖ raw_size u32 ‖
-// codec u8 ‖ 3 zero bytes ‖ chunk hash (32)
+// chunks value: segment u64 ‖ offset u64 ‖ stored_size u32 ‖ raw_size u32 ‖ codec u8 ‖
+// 3 zero bytes ‖ chunk hash (32) [‖ group values (32 each)]: 60 bytes, or 60 + 32 ×
+// xet::chunk_group_count(raw_size) for a raw chunk stored with its group values.
 struct Location {
   std::uint64_t segment = 0;
   std::uint64_t offset = 0;
@@ -72,10 +73,19 @@ struct Location {
   std::uint32_t raw_size = 0;
   Codec codec = Codec::kRaw;
   xet::Hash hash;
+  std::uint8_t group_count = 0;  // 0: no group values (the chunk is verified whole)
+  std::array<xet::Hash, xet::kMaxChunkGroups> groups{};
   bool same_place(const Location& o) const { return segment == o.segment && offset == o.offset; }
 };
 inline constexpr std::size_t kLocationSize = 60;
-std::array<char, kLocationSize> encode(const Location& loc);
+inline constexpr std::size_t kMaxLocationSize = kLocationSize + 32 * xet::kMaxChunkGroups;
+struct EncodedLocation {
+  std::array<char, kMaxLocationSize> bytes{};
+  std::size_t length = 0;
+  const char* data() const { return bytes.data(); }
+  std::size_t size() const { return length; }
+};
+EncodedLocation encode(const Location& loc);
 std::optional<Location> decode_location(std::string_view value);
 
 // segments key: id u64 BE. value (32 bytes): size u64 ‖ last_used_ms u64 ‖ created_ms u64 ‖

@@ -121,6 +121,15 @@ Result<std::shared_ptr<NodeStore>> NodeStore::open(const std::filesystem::path& 
       }
       remove_files(chunks);
       if (auto committed = txn->commit(); !committed) return std::unexpected(format::store_error(committed.error()));
+    } else if ((*version)->size() == 4 && format::get_le((*version)->data(), 4) == 1) {
+      // Version 1 differs only in that no chunk entry has group values: adopt it as it is, and
+      // mark it so that a build that reads only version 1 refuses it rather than its entries.
+      char bytes[4];
+      format::put_le(bytes, kCacheFormatVersion, 4);
+      if (auto put = txn->put(dbs.meta, format::kMetaFormat, {bytes, 4}); !put) {
+        return std::unexpected(format::store_error(put.error()));
+      }
+      if (auto committed = txn->commit(); !committed) return std::unexpected(format::store_error(committed.error()));
     } else if ((*version)->size() != 4 || format::get_le((*version)->data(), 4) != kCacheFormatVersion) {
       const auto found = (*version)->size() == 4 ? std::to_string(format::get_le((*version)->data(), 4)) : "?";
       return std::unexpected(Error{ErrorCode::kFormat, 0,

@@ -69,7 +69,34 @@ TEST(NodeStoreTest, RefusesAnotherFormatVersion) {
   auto reopened = NodeStore::open(temp.path());
   ASSERT_FALSE(reopened);
   EXPECT_EQ(reopened.error().code, ErrorCode::kFormat);
-  EXPECT_NE(reopened.error().message.find("format 2"), std::string::npos) << reopened.error().message;
+  EXPECT_NE(reopened.error().message.find("format " + std::to_string(kCacheFormatVersion + 1)), std::string::npos)
+      << reopened.error().message;
+}
+
+// A version-1 store (entries without group values) is kept, not refused, and marked version 2.
+TEST(NodeStoreTest, AdoptsAVersionOneStore) {
+  bucketfs::testing::TempDir temp("bucketfs-cache-test");
+  {
+    auto store = NodeStore::open(temp.path());
+    ASSERT_TRUE(store);
+    auto txn = (*store)->environment().begin_write();
+    ASSERT_TRUE(txn);
+    char version[4];
+    format::put_le(version, 1, 4);
+    ASSERT_TRUE(txn->put((*store)->databases().meta, format::kMetaFormat, {version, 4}));
+    ASSERT_TRUE(format::set_counter(*txn, (*store)->databases().meta, format::kMetaNextSegment, 5));
+    ASSERT_TRUE(txn->commit());
+  }
+  auto reopened = NodeStore::open(temp.path());
+  ASSERT_TRUE(reopened) << reopened.error().message;
+  auto txn = (*reopened)->environment().begin_read();
+  ASSERT_TRUE(txn);
+  auto version = txn->get((*reopened)->databases().meta, format::kMetaFormat);
+  ASSERT_TRUE(version && *version);
+  EXPECT_EQ(format::get_le((*version)->data(), 4), kCacheFormatVersion);
+  auto next = format::get_counter(*txn, (*reopened)->databases().meta, format::kMetaNextSegment);
+  ASSERT_TRUE(next);
+  EXPECT_EQ(*next, 5u);  // the store was kept, not recreated
 }
 
 TEST(NodeStoreTest, SegmentFileNamesRoundTrip) {
@@ -92,6 +119,24 @@ TEST(NodeStoreTest, LocationRecordRoundTrips) {
   EXPECT_EQ(decoded->codec, format::Codec::kZstd);
   EXPECT_EQ(decoded->hash, loc.hash);
   EXPECT_FALSE(format::decode_location({encoded.data(), encoded.size() - 1}));
+}
+
+TEST(NodeStoreTest, LocationRecordKeepsGroupValues) {
+  format::Location loc{3, 4096, 40000, 40000, format::Codec::kRaw, xet::chunk_hash(xet::as_byte_span("y"))};
+  loc.group_count = static_cast<std::uint8_t>(xet::chunk_group_count(40000));
+  ASSERT_EQ(loc.group_count, 3);
+  for (std::size_t g = 0; g < loc.group_count; ++g) loc.groups[g] = xet::chunk_hash(xet::as_byte_span(std::to_string(g)));
+  const auto encoded = format::encode(loc);
+  ASSERT_EQ(encoded.size(), format::kLocationSize + 3 * 32);
+  const auto decoded = format::decode_location({encoded.data(), encoded.size()});
+  ASSERT_TRUE(decoded);
+  ASSERT_EQ(decoded->group_count, 3);
+  for (std::size_t g = 0; g < 3; ++g) EXPECT_EQ(decoded->groups[g], loc.groups[g]);
+  // A count that does not match the size, or group values on a compressed chunk, is malformed.
+  EXPECT_FALSE(format::decode_location({encoded.data(), encoded.size() - 32}));
+  std::string zstd(encoded.data(), encoded.size());
+  zstd[24] = static_cast<char>(format::Codec::kZstd);
+  EXPECT_FALSE(format::decode_location(zstd));
 }
 
 }  // namespace

@@ -4,8 +4,10 @@
 // environment (docs/CACHE_FORMAT.md).
 //
 // Reads never return wrong bytes: every chunk read back is hashed (xet::chunk_hash) and
-// compared with the hash stored at put(). A mismatch, a short read or a missing file counts as
-// a corruption: the entry is dropped and the read reports a miss, so the caller refetches.
+// compared with the hash stored at put(); get_part() hashes only the 16 KiB groups it reads
+// and checks them against the same hash through the chunk's group values. A mismatch, a short
+// read or a missing file counts as a corruption: the entry is dropped and the read reports a
+// miss, so the caller refetches.
 //
 // Writes: put() appends the chunks to this instance's active segment (a file no other
 // instance or process writes) and queues the index entries in memory, where get() already sees
@@ -48,10 +50,14 @@
 namespace bucketfs::cache {
 
 // One chunk handed to put(). REQUIRES: hash == xet::chunk_hash(data) (a wrong pair is stored
-// but never returned: its first read counts as a corruption).
+// but never returned: its first read counts as a corruption). `groups`: the chunk's group values
+// when the caller has them (xet::chunk_group_values, which also gives the hash); when empty, and
+// the chunk has group values, put() hashes the chunk for them. Wrong values, like a wrong hash,
+// make reads of the chunk count as corruptions.
 struct ChunkData {
   xet::Hash hash;
   xet::ByteSpan data;
+  std::span<const xet::Hash> groups = {};
 };
 
 // What get_range() read: chunks [first, end) lie back to back in out[0, size). `chunks` holds
@@ -128,6 +134,15 @@ class ChunkCache {
   // but does not fit; kInvalidArgument unless first < last.
   Result<std::optional<RangeRead>> get_range(const xet::Hash& xorb, std::uint32_t first,
                                              std::uint32_t last, std::span<std::byte> out);
+
+  // Reads bytes [offset, offset + out.size()) of chunk `index` into `out`, verified: for a raw
+  // chunk of more than one 16 KiB group (xet::chunk_group_count) only the groups holding the
+  // bytes are read and hashed, checked against the chunk hash through the group values stored at
+  // put(); any other chunk is read and checked whole. Returns out.size(); nullopt when the chunk
+  // is not cached or did not verify (then dropped, as in get()). kInvalidArgument when the bytes
+  // lie past the chunk's end.
+  Result<std::optional<std::size_t>> get_part(const xet::Hash& xorb, std::uint32_t index, std::uint64_t offset,
+                                              std::span<std::byte> out);
 
   // The uncompressed sizes of chunks [first, last) of `xorb`, from the index alone (no segment
   // is read, nothing is verified, no hit is counted): nullopt unless every one is indexed. For

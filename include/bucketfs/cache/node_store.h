@@ -106,7 +106,8 @@ class NodeStore {
   RegistryKey key_;
 };
 
-// The format version this build reads and writes (meta "format").
-inline constexpr std::uint32_t kCacheFormatVersion = 1;
+// The format version this build reads and writes (meta "format"). A store of version 1 (chunk
+// entries without group values) is opened and marked 2: its entries are read as they are.
+inline constexpr std::uint32_t kCacheFormatVersion = 2;
 
 }  // namespace bucketfs::cache
