@@ -129,6 +129,9 @@ struct DecodedRange {
   std::vector<std::size_t> offsets;  // of each chunk in the job buffer
   std::vector<std::uint64_t> sizes;
   std::vector<xet::Hash> hashes;     // filled when hashing was asked for
+  // Group values of the chunks that have them (xet::chunk_group_count), back to back in chunk
+  // order: hashing a fetched chunk gives them at no extra cost, and the cache keeps them.
+  std::vector<xet::Hash> groups;
 };
 
 // Per-worker state reused across jobs and calls: the decompressor's buffers and the carry buffer
@@ -277,7 +280,12 @@ class StreamDecoder {
     if (!done) return set_error("chunk " + std::to_string(index) + ": " + done.error().describe());
     range.offsets.push_back(pos_);
     range.sizes.push_back(size);
-    range.hashes.push_back(xet::chunk_hash(destination));
+    if (const std::size_t groups = xet::chunk_group_count(size); groups > 0) {
+      range.groups.resize(range.groups.size() + groups);
+      range.hashes.push_back(xet::chunk_group_values(destination, std::span(range.groups).last(groups)));
+    } else {
+      range.hashes.push_back(xet::chunk_hash(destination));
+    }
     pos_ += size;
     return true;
   }
@@ -773,8 +781,14 @@ class Call {
       if (!impl_.cache) continue;
       std::vector<cache::ChunkData> chunks;
       chunks.reserve(range.sizes.size());
+      std::size_t group = 0;
       for (std::size_t i = 0; i < range.sizes.size(); ++i) {
-        chunks.push_back({range.hashes[i], xet::ByteSpan(job.buffer.data.get() + range.offsets[i], range.sizes[i])});
+        const std::size_t groups = xet::chunk_group_count(range.sizes[i]);
+        std::span<const xet::Hash> values;
+        if (group + groups <= range.groups.size()) values = std::span(range.groups).subspan(group, groups);
+        group += groups;
+        chunks.push_back(
+            {range.hashes[i], xet::ByteSpan(job.buffer.data.get() + range.offsets[i], range.sizes[i]), values});
       }
       if (impl_.cache->put(entry.xorb, static_cast<std::uint32_t>(entry.ranges[r].chunks.start), chunks)) {
         impl_.chunks_cached.fetch_add(chunks.size(), std::memory_order_relaxed);
@@ -927,6 +941,9 @@ DownloadResult<bool> Downloader::Impl::read_from_cache(const xet::Hash& file_has
     std::uint32_t end;
     std::uint64_t skip;  // bytes of chunk `first` before the range
     std::uint64_t take;
+    std::uint32_t first_size;  // of chunk `first`
+    std::uint32_t last_size;   // of chunk `end - 1`
+    std::uint64_t last_take;   // bytes of the range in chunk `end - 1`
   };
   std::vector<Piece> pieces;
   std::uint64_t need = 0;
@@ -959,8 +976,11 @@ DownloadResult<bool> Downloader::Impl::read_from_cache(const xet::Hash& file_has
       const auto first = static_cast<std::size_t>(std::upper_bound(ends.begin(), ends.end(), from) - ends.begin());
       const auto last = static_cast<std::size_t>(std::lower_bound(ends.begin(), ends.end(), to) - ends.begin());
       const std::uint64_t first_start = first == 0 ? 0 : ends[first - 1];
+      const std::uint64_t last_start = last == 0 ? 0 : ends[last - 1];
       pieces.push_back({t, static_cast<std::uint32_t>(term.chunks.start + first),
-                        static_cast<std::uint32_t>(term.chunks.start + last + 1), from - first_start, to - from});
+                        static_cast<std::uint32_t>(term.chunks.start + last + 1), from - first_start, to - from,
+                        static_cast<std::uint32_t>(ends[first] - first_start),
+                        static_cast<std::uint32_t>(ends[last] - last_start), to - std::max(last_start, from)});
       need += ends[last] - first_start;
     }
   }
@@ -968,11 +988,30 @@ DownloadResult<bool> Downloader::Impl::read_from_cache(const xet::Hash& file_has
   std::vector<std::span<const std::byte>> out;
   std::size_t pos = 0;
   bool complete = true;
+  // Reads bytes [at, at + length) of chunk `c` (only the 16 KiB groups holding them, where the
+  // cache keeps group values) to buffer[pos].
+  auto read_part = [&](const xet::Hash& xorb, std::uint32_t c, std::uint64_t at, std::uint64_t length) {
+    auto got = cache->get_part(xorb, c, at, buffer.span().subspan(pos, static_cast<std::size_t>(length)));
+    if (!got || !*got) return false;
+    pos += **got;
+    return true;
+  };
   for (const Piece& piece : pieces) {
     const xet::Hash& xorb = file->terms[piece.term].xorb;
     const std::size_t piece_start = pos;
-    for (std::uint32_t c = piece.first; c < piece.end && complete;) {
-      auto got = cache->get_range(xorb, c, piece.end, buffer.span().subspan(pos));
+    // The first and last chunks, when the range holds only part of them, are read in part; the
+    // chunks between whole, in runs.
+    std::uint32_t first = piece.first;
+    std::uint32_t end = piece.end;
+    const bool single = end - first == 1;
+    if (piece.skip > 0 || (single && piece.take < piece.first_size)) {
+      complete = read_part(xorb, first, piece.skip, single ? piece.take : piece.first_size - piece.skip);
+      ++first;
+    }
+    const bool tail = !single && piece.last_take < piece.last_size;
+    if (tail) --end;
+    for (std::uint32_t c = first; c < end && complete;) {
+      auto got = cache->get_range(xorb, c, end, buffer.span().subspan(pos));
       if (!got || !*got || (*got)->end <= c) {
         complete = false;
         break;
@@ -980,12 +1019,13 @@ DownloadResult<bool> Downloader::Impl::read_from_cache(const xet::Hash& file_has
       pos += (*got)->size;
       c = (*got)->end;
     }
+    if (complete && tail) complete = read_part(xorb, end, 0, piece.last_take);
     if (!complete) break;
-    if (piece_start + piece.skip + piece.take > pos) {  // chunks shorter than the index said
+    if (pos - piece_start != piece.take) {  // chunks of other sizes than the index said
       complete = false;
       break;
     }
-    out.emplace_back(buffer.data.get() + piece_start + piece.skip, static_cast<std::size_t>(piece.take));
+    out.emplace_back(buffer.data.get() + piece_start, static_cast<std::size_t>(piece.take));
   }
   std::optional<DownloadError> stopped;
   if (complete) {

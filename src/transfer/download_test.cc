@@ -473,6 +473,16 @@ TEST_F(DownloadTest, ReadFromCachePlansWithoutTheServer) {
   }
   EXPECT_EQ(transport_.requests().size(), requests);  // no reconstruction, no fetch
   EXPECT_EQ(downloader.stats().reads_from_cache, ranges.size());
+  // Small reads read only the 16 KiB groups of a chunk that hold them, not whole chunks (about
+  // 64 KiB each here): 20 reads of 4 KiB stay well under 20 × (4 KiB + two groups).
+  const std::uint64_t served_before = downloader.stats().bytes_from_cache;
+  for (int i = 0; i < 20; ++i) {
+    const std::uint64_t a = rng() % (size - 4096);
+    auto got = read({a, a + 4096}, out);
+    ASSERT_TRUE(got && *got);
+    EXPECT_TRUE(std::equal(out.begin(), out.end(), file.data.begin() + static_cast<std::ptrdiff_t>(a)));
+  }
+  EXPECT_LE(downloader.stats().bytes_from_cache - served_before, 20u * (4096 + 2 * xet::kChunkGroupBytes));
   EXPECT_EQ(downloader.stats().layouts_fetched, 1u);
   // A wrong size (a layout that does not add up) and an oversized range are declined.
   Downloader other(*reader_, c.get());
