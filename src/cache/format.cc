@@ -32,6 +32,7 @@ std::optional<Location> decode_location(std::string_view value) {
   if (codec > static_cast<std::uint8_t>(Codec::kZstd)) return std::nullopt;
   loc.codec = static_cast<Codec>(codec);
   loc.hash = get_hash(p + 28);
+  if (loc.codec == Codec::kRaw && loc.stored_size != loc.raw_size) return std::nullopt;
   const std::size_t groups = (value.size() - kLocationSize) / 32;
   if (groups > 0) {
     // Group values only for a raw chunk, exactly as many as its size has.

@@ -134,6 +134,11 @@ TEST(NodeStoreTest, LocationRecordKeepsGroupValues) {
   for (std::size_t g = 0; g < 3; ++g) EXPECT_EQ(decoded->groups[g], loc.groups[g]);
   // A count that does not match the size, or group values on a compressed chunk, is malformed.
   EXPECT_FALSE(format::decode_location({encoded.data(), encoded.size() - 32}));
+  // A raw entry stores the chunk as it is: stored and raw sizes agree.
+  format::Location shorter = loc;
+  shorter.stored_size = 39999;
+  const auto lying = format::encode(shorter);
+  EXPECT_FALSE(format::decode_location({lying.data(), lying.size()}));
   std::string zstd(encoded.data(), encoded.size());
   zstd[24] = static_cast<char>(format::Codec::kZstd);
   EXPECT_FALSE(format::decode_location(zstd));

@@ -991,6 +991,8 @@ DownloadResult<bool> Downloader::Impl::read_from_cache(const xet::Hash& file_has
   // Reads bytes [at, at + length) of chunk `c` (only the 16 KiB groups holding them, where the
   // cache keeps group values) to buffer[pos].
   auto read_part = [&](const xet::Hash& xorb, std::uint32_t c, std::uint64_t at, std::uint64_t length) {
+    // Chunks read whole before may have been longer than the index said (checked after the piece).
+    if (length > buffer.span().size() - pos) return false;
     auto got = cache->get_part(xorb, c, at, buffer.span().subspan(pos, static_cast<std::size_t>(length)));
     if (!got || !*got) return false;
     pos += **got;

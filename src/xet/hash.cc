@@ -284,6 +284,7 @@ Hash chunk_group_value(ByteSpan group, std::size_t index) { return subtree_value
 
 Hash chunk_group_values(ByteSpan chunk, std::span<Hash> out) {
   const std::size_t groups = chunk_group_count(chunk.size());
+  if (groups == 0) return chunk_hash(chunk);
   std::uint8_t values[kMaxChunkGroups * kPiecesPerGroup * 32];
   const std::size_t pieces = piece_values(chunk, 0, values);
   const std::size_t full_groups = chunk.size() / kChunkGroupBytes;

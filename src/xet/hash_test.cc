@@ -156,6 +156,10 @@ TEST(ChunkGroups, RebuildTheChunkHashAtEverySize) {
           << size << " group " << g;
     }
   }
+  // Chunks without group values: the hash, and nothing written.
+  for (const std::size_t size : {std::size_t{0}, std::size_t{1000}, kChunkGroupBytes}) {
+    EXPECT_EQ(chunk_group_values(ByteSpan(data).first(size), {}), chunk_hash(ByteSpan(data).first(size))) << size;
+  }
   EXPECT_EQ(chunk_group_count(0), 0u);
   EXPECT_EQ(chunk_group_count(kChunkGroupBytes), 0u);  // one group: verified whole
   EXPECT_EQ(chunk_group_count(kMaxChunkGroups * kChunkGroupBytes + 1), 0u);

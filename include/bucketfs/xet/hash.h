@@ -63,8 +63,9 @@ std::size_t chunk_group_count(std::size_t size);
 // rest of the chunk for its last group. REQUIRES: the chunk has group values.
 Hash chunk_group_value(ByteSpan group, std::size_t index);
 
-// Every group value of `chunk`, in order, into `out` (chunk_group_count(chunk.size()) entries),
-// and returns the chunk hash: the same as chunk_hash(chunk), in about the same time.
+// Every group value of `chunk`, in order, into `out` (chunk_group_count(chunk.size()) entries,
+// none for a chunk without group values), and returns the chunk hash: the same as
+// chunk_hash(chunk), in about the same time.
 Hash chunk_group_values(ByteSpan chunk, std::span<Hash> out);
 
 // The chunk hash that group values `groups` of a chunk of `chunk_size` bytes give. Equals
