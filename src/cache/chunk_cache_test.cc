@@ -45,6 +45,17 @@ std::uint64_t total_file_bytes(const std::filesystem::path& dir) {
   return total;
 }
 
+// Inverts the bits of `mask` in the byte at `offset` of `path`.
+void flip_byte(const std::filesystem::path& path, off_t offset, char mask) {
+  const int fd = ::open(path.c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  char byte;
+  ASSERT_EQ(::pread(fd, &byte, 1, offset), 1);
+  byte = static_cast<char>(byte ^ mask);
+  ASSERT_EQ(::pwrite(fd, &byte, 1, offset), 1);
+  ::close(fd);
+}
+
 class ChunkCacheTest : public ::testing::Test {
  protected:
   bucketfs::testing::TempDir temp_{"bucketfs-cache-test"};
@@ -268,16 +279,8 @@ TEST_F(ChunkCacheTest, FlippedByteIsDetectedDroppedAndRefetchable) {
   ASSERT_TRUE(cache->flush());
   const auto files = segment_files(chunk_dir());
   ASSERT_EQ(files.size(), 1u);
-  {  // flip one byte in the middle of chunk 2 (raw chunks lie back to back)
-    const auto offset = static_cast<off_t>(x.chunks[0].size() + x.chunks[1].size() + 1234);
-    const int fd = ::open(files[0].c_str(), O_RDWR);
-    ASSERT_GE(fd, 0);
-    char byte;
-    ASSERT_EQ(::pread(fd, &byte, 1, offset), 1);
-    byte = static_cast<char>(byte ^ 0x10);
-    ASSERT_EQ(::pwrite(fd, &byte, 1, offset), 1);
-    ::close(fd);
-  }
+  // Flip one byte in the middle of chunk 2 (raw chunks lie back to back).
+  flip_byte(files[0], static_cast<off_t>(x.chunks[0].size() + x.chunks[1].size() + 1234), 0x10);
   EXPECT_FALSE(read(*cache, x.hash, 2));
   EXPECT_EQ(stats(*cache).corruptions, 1u);
   EXPECT_EQ(stats(*cache).corruptions_total, 1u);
@@ -348,16 +351,7 @@ TEST_F(ChunkCacheTest, PartReadDetectsAFlippedByteInTheGroupsItReads) {
   const auto files = segment_files(chunk_dir());
   ASSERT_EQ(files.size(), 1u);
   const std::size_t flipped = 40000;  // in group 2 of chunk 1
-  {
-    const auto offset = static_cast<off_t>(x.chunks[0].size() + flipped);
-    const int fd = ::open(files[0].c_str(), O_RDWR);
-    ASSERT_GE(fd, 0);
-    char byte;
-    ASSERT_EQ(::pread(fd, &byte, 1, offset), 1);
-    byte = static_cast<char>(byte ^ 0x01);
-    ASSERT_EQ(::pwrite(fd, &byte, 1, offset), 1);
-    ::close(fd);
-  }
+  flip_byte(files[0], static_cast<off_t>(x.chunks[0].size() + flipped), 0x01);
   xet::Bytes out(4096);
   auto other = cache->get_part(x.hash, 1, 0, out);  // group 0: untouched bytes
   ASSERT_TRUE(other && *other);

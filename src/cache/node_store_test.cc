@@ -54,18 +54,22 @@ TEST(NodeStoreTest, SecondOpenInOneProcessSharesTheEnvironment) {
   ASSERT_TRUE(c) << c.error().message;
 }
 
+// Creates a store at `path` and marks it format `version`, with `next_segment` = 5.
+void make_store_of_version(const std::string& path, std::uint32_t version) {
+  auto store = NodeStore::open(path);
+  ASSERT_TRUE(store);
+  auto txn = (*store)->environment().begin_write();
+  ASSERT_TRUE(txn);
+  char bytes[4];
+  format::put_le(bytes, version, 4);
+  ASSERT_TRUE(txn->put((*store)->databases().meta, format::kMetaFormat, {bytes, 4}));
+  ASSERT_TRUE(format::set_counter(*txn, (*store)->databases().meta, format::kMetaNextSegment, 5));
+  ASSERT_TRUE(txn->commit());
+}
+
 TEST(NodeStoreTest, RefusesAnotherFormatVersion) {
   bucketfs::testing::TempDir temp("bucketfs-cache-test");
-  {
-    auto store = NodeStore::open(temp.path());
-    ASSERT_TRUE(store);
-    auto txn = (*store)->environment().begin_write();
-    ASSERT_TRUE(txn);
-    char version[4];
-    format::put_le(version, kCacheFormatVersion + 1, 4);
-    ASSERT_TRUE(txn->put((*store)->databases().meta, format::kMetaFormat, {version, 4}));
-    ASSERT_TRUE(txn->commit());
-  }
+  make_store_of_version(temp.path(), kCacheFormatVersion + 1);
   auto reopened = NodeStore::open(temp.path());
   ASSERT_FALSE(reopened);
   EXPECT_EQ(reopened.error().code, ErrorCode::kFormat);
@@ -76,17 +80,7 @@ TEST(NodeStoreTest, RefusesAnotherFormatVersion) {
 // A version-1 store (entries without group values) is kept, not refused, and marked version 2.
 TEST(NodeStoreTest, AdoptsAVersionOneStore) {
   bucketfs::testing::TempDir temp("bucketfs-cache-test");
-  {
-    auto store = NodeStore::open(temp.path());
-    ASSERT_TRUE(store);
-    auto txn = (*store)->environment().begin_write();
-    ASSERT_TRUE(txn);
-    char version[4];
-    format::put_le(version, 1, 4);
-    ASSERT_TRUE(txn->put((*store)->databases().meta, format::kMetaFormat, {version, 4}));
-    ASSERT_TRUE(format::set_counter(*txn, (*store)->databases().meta, format::kMetaNextSegment, 5));
-    ASSERT_TRUE(txn->commit());
-  }
+  make_store_of_version(temp.path(), 1);
   auto reopened = NodeStore::open(temp.path());
   ASSERT_TRUE(reopened) << reopened.error().message;
   auto txn = (*reopened)->environment().begin_read();
