@@ -809,10 +809,11 @@ struct ChunkCache::State {
                                    "bytes [" + std::to_string(offset) + ", +" + std::to_string(out.size()) +
                                        ") of a chunk of " + std::to_string(loc.raw_size)});
     }
+    if (out.empty()) return std::optional<std::size_t>{0};  // nothing to read or verify
     xet::Bytes& buffer = read_scratch.part;
     bool verified = false;
     std::size_t read_bytes = loc.raw_size;
-    if (loc.group_count > 0 && out.size() > 0) {
+    if (loc.group_count > 0) {
       // Only the groups holding the bytes are read; with the other groups' stored values they
       // must give the chunk hash.
       const std::size_t first_group = offset / xet::kChunkGroupBytes;

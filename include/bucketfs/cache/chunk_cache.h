@@ -138,9 +138,9 @@ class ChunkCache {
   // Reads bytes [offset, offset + out.size()) of chunk `index` into `out`, verified: for a raw
   // chunk of more than one 16 KiB group (xet::chunk_group_count) only the groups holding the
   // bytes are read and hashed, checked against the chunk hash through the group values stored at
-  // put(); any other chunk is read and checked whole. Returns out.size(); nullopt when the chunk
-  // is not cached or did not verify (then dropped, as in get()). kInvalidArgument when the bytes
-  // lie past the chunk's end.
+  // put(); any other chunk is read and checked whole (an empty `out` reads nothing). Returns
+  // out.size(); nullopt when the chunk is not cached or did not verify (then dropped, as in
+  // get()). kInvalidArgument when the bytes lie past the chunk's end.
   Result<std::optional<std::size_t>> get_part(const xet::Hash& xorb, std::uint32_t index, std::uint64_t offset,
                                               std::span<std::byte> out);
 
