@@ -559,7 +559,11 @@ FsResult<Attributes> Filesystem::set_size(Ino ino, std::uint64_t size) {
   auto& staged = *node->staged;
   {
     std::lock_guard stream_lock(staged.stream_mutex);
-    staged.abort_stream_locked();
+    if (staged.appending && !staged.stream && size <= staged.append_end) {
+      staged.append_end = size;  // the run from byte 0, cut short or unchanged, goes on from there
+    } else if (!(staged.appending && size == staged.append_end)) {  // only a no-op keeps a stream
+      staged.abort_stream_locked();
+    }
   }
   if (::ftruncate(staged.fd.get(), static_cast<off_t>(size)) != 0) {
     return std::unexpected(errno == ENOSPC || errno == EFBIG ? errno : EIO);
@@ -1531,7 +1535,10 @@ void Filesystem::upload_group(const std::vector<Ino>& inos) {
     {
       std::lock_guard stream_lock(job.staged->stream_mutex);
       job.stream = std::move(job.staged->stream);
-      job.staged->appending = false;  // from now on, uploads happen after close
+      // A file that had a stream is uploaded after close from now on. One without goes on
+      // counting its run from byte 0: the close of a duplicate descriptor before the first write
+      // (a shell's `> file`, dd) commits the empty file and must not stop its streaming upload.
+      if (job.stream) job.staged->appending = false;
       if (job.stream && !job.stream->sealed) {
         job.stream->aborted = true;
         job.stream->more.notify_all();

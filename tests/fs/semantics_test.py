@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """File semantics of a real mount (issue 5): overwrite, O_TRUNC, append, sparse pwrite, truncate,
-modifying a committed file in place, read-your-writes, and the refusals (ENOTEMPTY, EPERM for
+modifying a committed file in place, read-your-writes, the upload of a file still being written
+(however it was opened), and the refusals (ENOTEMPTY, EPERM for
 links, EINVAL for names the bucket cannot store, EROFS on a read-only mount, a read token without
 --read-only); and the checkpoint pattern that must upload only the changed chunks.
 
@@ -361,6 +362,55 @@ class SemanticsTest(unittest.TestCase):
             self.assertTrue(handle.read() == big + b"tail")
         with open(fresh.path("renamed2.bin"), "rb") as handle:
             self.assertTrue(handle.read() == big)
+
+    def test_the_upload_streams_while_the_file_is_written(self):
+        """A file written from its first byte is uploaded while it is still open, however it was
+        opened: plainly, through a duplicate whose first descriptor was closed before the first
+        write (a shell's `> file`, dd: that close commits the empty file), and after a truncate
+        that changes nothing (ftruncate to 0 of the new file). Each then reads back whole."""
+        server, workspace, bucket = common.setup(self, "sem-stream")
+        mount = self.mounted(server, workspace, bucket)
+
+        def plain(path):
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+
+        def duplicated(path):
+            first = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            second = os.dup(first)
+            os.close(first)  # FUSE flush of the empty file
+            return second
+
+        def truncated(path):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            os.ftruncate(fd, 0)
+            return fd
+
+        # The streaming upload's first step that reaches the server is the global dedup query of
+        # the file's first chunk (new bytes wait in the upload for the next query's answer, and
+        # random bytes rarely have one soon). An upload after close sends it only then.
+        queries = 'bucketfs_http_requests_total{route="cas_dedup",status="%d"}'
+
+        def dedup_queries():
+            return harness.metric(server, queries % 200) + harness.metric(server, queries % 404)
+
+        written = {}
+        for name, opener in (("plain.bin", plain), ("dup.bin", duplicated), ("trunc.bin", truncated)):
+            data = self.rng.randbytes(24 * MiB)
+            queries_before = dedup_queries()
+            fd = opener(mount.path(name))
+            try:
+                for offset in range(0, len(data), MiB):
+                    os.write(fd, data[offset:offset + MiB])
+                common.wait_for(lambda: dedup_queries() > queries_before, timeout=60,
+                                what="the upload of %s to start while it is open" % name)
+            finally:
+                os.close(fd)
+            written[name] = data
+        self.unmount_ok(mount)
+        fresh = self.mounted(server, workspace, bucket, name="fresh")
+        for name, data in written.items():
+            with open(fresh.path(name), "rb") as handle:
+                self.assertTrue(handle.read() == data, name)
 
     def test_refusals_enotempty_eperm_einval(self):
         server, workspace, bucket = common.setup(self, "sem-refuse")
