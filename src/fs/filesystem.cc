@@ -43,43 +43,6 @@ int write_all(int fd, const std::byte* data, std::size_t size, std::uint64_t off
   return 0;
 }
 
-// Behind a streaming upload, writes the staging file's pages back and drops them from the page
-// cache once the upload is done with them, so the pages of the bytes the application writes next
-// are ones just freed: a page the kernel has to take back from the host costs about 10 µs on this
-// kind of VM (PERF-NOTES trap 1), 2.6 s of CPU per GiB. It also leaves less for close's fdatasync.
-// The upload reads each byte once as it streams, and again only for a chunk it held while waiting
-// for dedup answers (mount_upload_defaults bounds how far back); a byte dropped too early is read
-// from disk. Write-back is started one step before the pages are waited for and dropped.
-class DropBehind {
- public:
-  explicit DropBehind(int fd) : fd_(fd) {}
-
-  // The upload has read up to `position`.
-  void advance(std::uint64_t position) {
-    if (position < kLag + kStep || position - kLag < started_ + kStep) return;
-    const std::uint64_t end = (position - kLag) / kPage * kPage;
-    // Errors are left to the fdatasync of close, which reports a failed write-back.
-    ::sync_file_range(fd_, static_cast<off_t>(started_), static_cast<off_t>(end - started_), SYNC_FILE_RANGE_WRITE);
-    if (started_ > dropped_) {
-      const auto offset = static_cast<off_t>(dropped_);
-      const auto length = static_cast<off_t>(started_ - dropped_);
-      ::sync_file_range(fd_, offset, length,
-                        SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
-      ::posix_fadvise(fd_, offset, length, POSIX_FADV_DONTNEED);
-      dropped_ = started_;
-    }
-    started_ = end;
-  }
-
- private:
-  static constexpr std::uint64_t kPage = 4096;
-  static constexpr std::uint64_t kLag = std::uint64_t{96} << 20;  // > dedup window + held chunks
-  static constexpr std::uint64_t kStep = std::uint64_t{32} << 20;
-  const int fd_;
-  std::uint64_t started_ = 0;  // write-back started before here
-  std::uint64_t dropped_ = 0;  // dropped before here
-};
-
 // pread(2) of up to `size` bytes (short only at the end of the file).
 std::expected<std::size_t, int> read_all(int fd, std::byte* data, std::size_t size, std::uint64_t offset) {
   std::size_t done = 0;
@@ -1089,8 +1052,7 @@ void Filesystem::note_write(const std::shared_ptr<Staged>& staged, std::uint64_t
   staged->stream = std::move(owned);
   stream->thread = std::thread([this, file, stream] {
     std::uint64_t position = 0;
-    DropBehind drop_behind(file->fd.get());
-    transfer::UploadRead read = [file, stream, &position, &drop_behind](std::span<std::byte> buffer)
+    transfer::UploadRead read = [file, stream, &position](std::span<std::byte> buffer)
         -> std::expected<std::size_t, std::string> {
       std::uint64_t end = 0;
       {
@@ -1105,7 +1067,6 @@ void Filesystem::note_write(const std::shared_ptr<Staged>& staged, std::uint64_t
       auto got = read_all(file->fd.get(), buffer.data(), want, position);
       if (!got) return std::unexpected(std::string("reading the staging file: ") + std::strerror(got.error()));
       position += *got;
-      drop_behind.advance(position);
       return *got;
     };
     // Re-reads only touch bytes already consumed, which no write changes without aborting.

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """File semantics of a real mount (issue 5): overwrite, O_TRUNC, append, sparse pwrite, truncate,
 modifying a committed file in place, read-your-writes, the upload of a file still being written
-(however it was opened) and the staging pages it drops behind it, and the refusals (ENOTEMPTY, EPERM for
+(however it was opened), and the refusals (ENOTEMPTY, EPERM for
 links, EINVAL for names the bucket cannot store, EROFS on a read-only mount, a read token without
 --read-only); and the checkpoint pattern that must upload only the changed chunks.
 
@@ -411,39 +411,6 @@ class SemanticsTest(unittest.TestCase):
         for name, data in written.items():
             with open(fresh.path(name), "rb") as handle:
                 self.assertTrue(handle.read() == data, name)
-
-    def test_staging_pages_behind_the_upload_leave_the_page_cache(self):
-        """While a large file is written and streamed, the staging file's pages the upload is
-        done with are written back and dropped from the page cache (the next writes reuse them);
-        the file still reads back whole through the same mount while open (the dropped bytes
-        from disk) and through a fresh mount after close."""
-        server, workspace, bucket = common.setup(self, "sem-drop")
-        mount = self.mounted(server, workspace, bucket)
-        data = self.rng.randbytes(224 * MiB)
-        staging = os.path.join(mount.cache_dir, "staging")
-
-        def resident_bytes(path):
-            out = subprocess.run(["fincore", "-b", "-n", "-o", "RES", path], capture_output=True, text=True,
-                                 check=True).stdout
-            return int(out.split()[0])
-
-        with open(mount.path("big.bin"), "wb") as out:
-            for offset in range(0, len(data), MiB):
-                out.write(data[offset:offset + MiB])
-            out.flush()
-            names = os.listdir(staging)
-            self.assertEqual(len(names), 1, names)
-            path = os.path.join(staging, names[0])
-            self.assertEqual(os.path.getsize(path), len(data))
-            # The upload drops what lies more than 96 MiB behind it, in 32 MiB steps.
-            common.wait_for(lambda: resident_bytes(path) <= len(data) - 64 * MiB, timeout=60,
-                            what="staging pages behind the upload to be dropped")
-            with open(mount.path("big.bin"), "rb") as back:
-                self.assertTrue(back.read() == data, "read back while open")
-        self.unmount_ok(mount)
-        fresh = self.mounted(server, workspace, bucket, name="fresh")
-        with open(fresh.path("big.bin"), "rb") as handle:
-            self.assertTrue(handle.read() == data)
 
     def test_refusals_enotempty_eperm_einval(self):
         server, workspace, bucket = common.setup(self, "sem-refuse")

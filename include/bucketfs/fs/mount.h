@@ -36,17 +36,10 @@ namespace bucketfs::fs {
 // about 80 MiB (UploadOptions::memory_budget) instead of 272 MiB with the 64 MiB defaults, and
 // upload_workers files upload at once within a daemon of a few hundred MiB. The staging file is
 // a seekable source, so a smaller window costs re-reads, not missed deduplication.
-// At most 1,024 chunks (about 64 MiB) wait for dedup answers beyond the window; older ones are
-// decided with what is known by then. New bytes then reach the bucket about 80 MiB behind the
-// writer instead of at the next eligible chunk's answer (one chunk in 1,024 is asked), and a
-// streaming upload re-reads nothing further back, so the staging pages behind it can be dropped.
-// The first chunk's answer, which brings the shard of a file this one was copied from, comes
-// within milliseconds; what is missed is a match that only a later chunk's answer would show.
 inline transfer::UploadOptions mount_upload_defaults() {
   transfer::UploadOptions upload;
   upload.max_xorb_bytes = std::size_t{16} << 20;
   upload.dedup_window = std::size_t{16} << 20;
-  upload.max_held_chunks = 1024;
   return upload;
 }
 
