@@ -8,7 +8,7 @@ packages=(
   libfuse3-dev fuse3 libcurl4-openssl-dev nlohmann-json3-dev liblmdb-dev lmdb-utils
   libzstd-dev liblz4-dev libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev libmicrohttpd-dev nginx-light librust-blake3-dev b3sum clang libclang-rt-14-dev
-  rsync attr sqlite3 fio psmisc
+  rsync attr sqlite3 fio psmisc time
   curl python3 bc
 )
 

@@ -13,6 +13,7 @@ bash packaging/install-deps.sh
 for tool in fio b3sum curl openssl node; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is missing (bash packaging/install-deps.sh)" >&2; exit 1; }
 done
+[ -x /usr/bin/time ] || { echo "bench: /usr/bin/time (GNU time) is missing (bash packaging/install-deps.sh)" >&2; exit 1; }
 build="${BUCKETFS_BUILD:-build}"
 if [ -f "$build/build.ninja" ]; then
   meson configure "$build" -Dbenchmarks=true >/dev/null
