@@ -503,15 +503,15 @@ FsResult<Attributes> Filesystem::lookup(Ino parent, const std::string& name) {
   return attributes_of(**child);
 }
 
-bool Filesystem::remember(Ino parent, const std::string& name, Ino ino) {
+std::optional<Attributes> Filesystem::remember(Ino parent, const std::string& name, Ino ino) {
   std::lock_guard lock(mutex_);
   Node* directory = find(parent);
   Node* node = find(ino);
-  if (directory == nullptr || node == nullptr || !node->attached) return false;
+  if (directory == nullptr || node == nullptr || !node->attached) return std::nullopt;
   auto it = directory->children.find(name);
-  if (it == directory->children.end() || it->second != ino) return false;
+  if (it == directory->children.end() || it->second != ino) return std::nullopt;
   ++node->lookups;
-  return true;
+  return attributes_of(*node);
 }
 
 void Filesystem::forget(Ino ino, std::uint64_t count) {

@@ -178,9 +178,12 @@ class Filesystem {
   // entry (ENODATA would cost it two round trips per file listed).
   FsResult<std::string> xattr(Ino ino, const std::string& name);
   // Counts one more kernel reference of `ino`, the child `name` of `parent` (readdirplus
-  // entries). False when that name no longer leads to that node (deleted, renamed or replaced
-  // since the listing was taken): then the entry must not reach the kernel.
-  bool remember(Ino parent, const std::string& name, Ino ino);
+  // entries), and returns the node's attributes as they are now: the listing's may predate a
+  // write, and the kernel takes a readdirplus entry's size as newer than any write completed
+  // before the request was sent (a file written after opendir would read back short). Nothing
+  // when that name no longer leads to that node (deleted, renamed or replaced since the listing
+  // was taken): then the entry must not reach the kernel.
+  std::optional<Attributes> remember(Ino parent, const std::string& name, Ino ino);
 
   std::uint64_t drain(std::chrono::milliseconds timeout);
   MountStatus status() const;

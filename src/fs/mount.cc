@@ -324,18 +324,23 @@ void reply_directory(fuse_req_t request, fuse_ino_t ino, size_t size, off_t offs
     }
     size_t need;
     if (plus) {
-      fuse_entry_param entry = to_entry(impl, attributes);
+      fuse_entry_param entry{};
+      // The size an entry takes depends on its name only; asked with no room, libfuse writes nothing.
+      need = fuse_add_direntry_plus(request, nullptr, 0, name.c_str(), &entry, at + 1);
+      if (need > size - used) break;
       if (at < 2) {
-        entry = {};
         entry.attr.st_ino = attributes.ino;
         entry.attr.st_mode = S_IFDIR;
+      } else {
+        // A name deleted, renamed or replaced since opendir took the listing: a dentry for it
+        // would lead the kernel to a node that is gone or has another name (a create of that
+        // name would then write into a deleted file, or fail with ENOENT). The entry carries the
+        // node's attributes of now, not the listing's (see Filesystem::remember).
+        const auto current = impl.filesystem.remember(ino, name, attributes.ino);
+        if (!current) continue;
+        entry = to_entry(impl, *current);
       }
-      need = fuse_add_direntry_plus(request, buffer.data() + used, size - used, name.c_str(), &entry, at + 1);
-      if (need > size - used) break;
-      // A name deleted, renamed or replaced since opendir took the listing: a dentry for it would
-      // lead the kernel to a node that is gone or has another name (a create of that name would
-      // then write into a deleted file, or fail with ENOENT).
-      if (at >= 2 && !impl.filesystem.remember(ino, name, attributes.ino)) continue;
+      fuse_add_direntry_plus(request, buffer.data() + used, size - used, name.c_str(), &entry, at + 1);
     } else {
       struct stat st {};
       st.st_ino = attributes.ino;
