@@ -251,7 +251,9 @@ TEST_F(UploadTest, BufferPoolCarriesBuffersToTheNextSession) {
     EXPECT_GT(pool.idle_bytes(), 0u);  // given back when the session ended
     EXPECT_LE(pool.idle_bytes(), options.memory_budget());
     second = done->session;
-    if (round == 0) EXPECT_EQ(second.pooled_blocks + second.pooled_xorb_buffers, 0u);
+    if (round == 0) {
+      EXPECT_EQ(second.pooled_blocks + second.pooled_xorb_buffers, 0u);
+    }
   }
   EXPECT_GE(second.pooled_blocks, 2u);
   EXPECT_GE(second.pooled_xorb_buffers, 1u);
