@@ -530,6 +530,38 @@ class SemanticsTest(unittest.TestCase):
         self.unmount_ok(mount)
         self.assertEqual(sorted(common.tree(server, bucket)), ["w/a/new.bin", "w/b/keep.bin"])
 
+    def test_a_listing_opened_before_a_write_keeps_the_written_size(self):
+        """opendir takes a folder's listing once; the kernel takes the attributes of each
+        readdirplus entry as newer than any write completed before it asked. Entries listed after a
+        write must carry the file's size of now: with the listing's (0, or the size before an
+        append) the kernel shrank the file, and a read right after the write returned b''."""
+        server, workspace, bucket = common.setup(self, "sem-listing")
+        mount = self.mounted(server, workspace, bucket)
+        os.makedirs(mount.path("d"))
+        with open(mount.path("d", "empty.bin"), "wb"):
+            pass
+        with open(mount.path("d", "short.bin"), "wb") as handle:
+            handle.write(b"short")
+        grown = {"empty.bin": self.rng.randbytes(100_000), "short.bin": b"short" + self.rng.randbytes(5_000)}
+        listing = os.scandir(mount.path("d"))  # opendir: the listing holds sizes 0 and 5
+        try:
+            with open(mount.path("d", "empty.bin"), "wb") as handle:
+                handle.write(grown["empty.bin"])
+            with open(mount.path("d", "short.bin"), "ab") as handle:
+                handle.write(grown["short.bin"][5:])
+            listed = {entry.name: entry.stat().st_size for entry in listing}  # readdirplus, after the writes
+        finally:
+            listing.close()
+        self.assertEqual(listed, {name: len(data) for name, data in grown.items()})
+        for name, data in grown.items():
+            self.assertEqual(os.stat(mount.path("d", name)).st_size, len(data), name)
+            with open(mount.path("d", name), "rb") as handle:
+                self.assertTrue(handle.read() == data, name)
+        self.unmount_ok(mount)
+        self.assertEqual({path: entry["size"] for path, entry in common.paths_info(
+            server, bucket, ["d/empty.bin", "d/short.bin"]).items()},
+            {"d/" + name: len(data) for name, data in grown.items()})
+
     def test_first_reads_of_a_large_file_on_a_cold_mount(self):
         """A small first read at offset 0 of a file larger than a read stream's ring (32 MiB) is
         fetched alone and answered before the stream starts (time to first byte); the reads after
