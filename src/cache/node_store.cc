@@ -149,4 +149,11 @@ Result<void> NodeStore::sync() {
   return {};
 }
 
+Result<void> NodeStore::release_mapped_pages() {
+  if (auto released = env_->release_mapped_pages(); !released) {
+    return std::unexpected(format::store_error(released.error()));
+  }
+  return {};
+}
+
 }  // namespace bucketfs::cache

@@ -1,5 +1,14 @@
 #include "bucketfs/lmdb/lmdb.h"
 
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstdio>
+#include <fstream>
+
 namespace bucketfs::lmdb {
 namespace {
 
@@ -170,6 +179,39 @@ Result<int> Environment::clear_stale_readers() {
   const int rc = mdb_reader_check(env_, &dead);
   if (rc != 0) return std::unexpected(make_error(rc, "lmdb reader check"));
   return dead;
+}
+
+Result<void> Environment::release_mapped_pages() {
+  MDB_envinfo info{};
+  MDB_stat environment_stat{};
+  int rc = mdb_env_info(env_, &info);
+  if (rc == 0) rc = mdb_env_stat(env_, &environment_stat);
+  mdb_filehandle_t fd = -1;
+  if (rc == 0) rc = mdb_env_get_fd(env_, &fd);
+  if (rc != 0) return std::unexpected(make_error(rc, "lmdb environment info"));
+  struct stat file {};
+  if (::fstat(fd, &file) != 0) return std::unexpected(make_error(errno, "lmdb stat of the data file"));
+  const std::size_t used = (static_cast<std::size_t>(info.me_last_pgno) + 1) * environment_stat.ms_psize;
+  // LMDB does not say where it mapped the file (me_mapaddr is only set with MDB_FIXEDMAP): the
+  // mapping is the one of the data file's device and inode in /proc/self/maps.
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  while (std::getline(maps, line)) {
+    std::uintptr_t begin = 0, end = 0;
+    unsigned long long offset = 0, inode = 0;
+    unsigned major = 0, minor = 0;
+    char permissions[8] = {};
+    if (std::sscanf(line.c_str(), "%" SCNxPTR "-%" SCNxPTR " %7s %llx %x:%x %llu", &begin, &end, permissions,
+                    &offset, &major, &minor, &inode) != 7) {
+      continue;
+    }
+    if (inode != file.st_ino || makedev(major, minor) != file.st_dev || offset >= used) continue;
+    const std::size_t length = std::min<std::size_t>(end - begin, used - offset);
+    if (::madvise(reinterpret_cast<void*>(begin), length, MADV_DONTNEED) != 0) {
+      return std::unexpected(make_error(errno, "lmdb unmap touched pages"));
+    }
+  }
+  return {};
 }
 
 }  // namespace bucketfs::lmdb

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <thread>
 
@@ -121,6 +122,58 @@ TEST_F(LmdbTest, OpenMissingDirectoryIsAnError) {
   auto env = Environment::open(directory_ + "/missing", {});
   ASSERT_FALSE(env);
   EXPECT_NE(env.error().message.find("missing"), std::string::npos);
+}
+
+// Resident KiB of this process's mapping of `file` (/proc/self/smaps), 0 when it is not mapped.
+std::size_t resident_kib_of_mapping(const std::string& file) {
+  std::ifstream smaps("/proc/self/smaps");
+  std::string line;
+  bool in_mapping = false;
+  std::size_t total = 0;
+  while (std::getline(smaps, line)) {
+    const bool header = !line.empty() && line.find(':') > line.find(' ');  // "start-end perms ..."
+    if (header) {
+      in_mapping = line.size() >= file.size() && line.compare(line.size() - file.size(), file.size(), file) == 0;
+    } else if (in_mapping && line.rfind("Rss:", 0) == 0) {
+      total += std::stoul(line.substr(4));
+    }
+  }
+  return total;
+}
+
+TEST_F(LmdbTest, ReleaseMappedPagesEmptiesTheResidentSetAndKeepsTheData) {
+  auto env = open_env();
+  auto db = env.open_database("things");
+  ASSERT_TRUE(db);
+  const std::string value(1000, 'v');
+  constexpr int kEntries = 16000;  // about 16 MiB of pages
+  {
+    auto txn = env.begin_write();
+    ASSERT_TRUE(txn);
+    for (int i = 0; i < kEntries; ++i) ASSERT_TRUE(txn->put(*db, "key" + std::to_string(i), value));
+    ASSERT_TRUE(txn->commit());
+  }
+  auto reader = env.begin_read();  // open across the release
+  ASSERT_TRUE(reader);
+  for (int i = 0; i < kEntries; ++i) ASSERT_TRUE(reader->get(*db, "key" + std::to_string(i)));
+  const std::string file = (std::filesystem::path(directory_) / "data.mdb").string();
+  const std::size_t before = resident_kib_of_mapping(file);
+  EXPECT_GT(before, 8u * 1024) << "reading every entry maps the pages that hold them";
+
+  auto released = env.release_mapped_pages();
+  ASSERT_TRUE(released) << released.error().message;
+  EXPECT_LT(resident_kib_of_mapping(file), 256u);
+
+  for (int i = 0; i < kEntries; i += 997) {
+    auto got = reader->get(*db, "key" + std::to_string(i));
+    ASSERT_TRUE(got && *got);
+    EXPECT_EQ(**got, value);
+  }
+  auto fresh = env.begin_read();
+  ASSERT_TRUE(fresh);
+  auto last = fresh->get(*db, "key" + std::to_string(kEntries - 1));
+  ASSERT_TRUE(last && *last);
+  EXPECT_EQ(**last, value);
 }
 
 }  // namespace

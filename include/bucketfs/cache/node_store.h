@@ -92,6 +92,11 @@ class NodeStore {
   // Forces everything committed so far to disk (meta page included).
   Result<void> sync();
 
+  // Unmaps the index pages this process has touched (lmdb::Environment::release_mapped_pages):
+  // a long-running daemon calls it now and then, so its resident set does not grow with the
+  // chunks it has read or written (about 12 MiB per GiB read, 4 MiB per GiB written).
+  Result<void> release_mapped_pages();
+
   // (process id, device, inode) of an open store; see open().
   using RegistryKey = std::tuple<pid_t, dev_t, ino_t>;
 
