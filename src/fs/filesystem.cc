@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <fstream>
 
 #include "bucketfs/naming/naming.h"
 #include "bucketfs/transfer/compose.h"
@@ -381,6 +382,22 @@ FsResult<void> Filesystem::revalidate_file(std::unique_lock<std::mutex>& lock, I
   node->remote_mtime_ms = file.mtime_ms.value_or(file.uploaded_at_ms.value_or(node->remote_mtime_ms));
   node->validated_at = Clock::now();
   return {};
+}
+
+std::int64_t process_of_thread(std::int64_t thread) {
+  if (thread <= 0) return 0;
+  std::ifstream status("/proc/" + std::to_string(thread) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.starts_with("Tgid:")) {
+      try {
+        return std::stoll(line.substr(5));
+      } catch (const std::exception&) {
+        return 0;
+      }
+    }
+  }
+  return 0;
 }
 
 // ---- Staging -----------------------------------------------------------------------------------
@@ -832,7 +849,8 @@ FsResult<void> Filesystem::rename(Ino parent, const std::string& name, Ino new_p
   return {};
 }
 
-FsResult<std::pair<Attributes, OpenedFile>> Filesystem::create(Ino parent, const std::string& name, int flags) {
+FsResult<std::pair<Attributes, OpenedFile>> Filesystem::create(Ino parent, const std::string& name, int flags,
+                                                               Caller caller) {
   if (options_.read_only) return std::unexpected(EROFS);
   std::unique_lock lock(mutex_);
   if (auto ok = reattach_directory(parent); !ok) return std::unexpected(ok.error());
@@ -869,6 +887,7 @@ FsResult<std::pair<Attributes, OpenedFile>> Filesystem::create(Ino parent, const
   handle->ino = node.ino;
   handle->writable = true;
   handle->staged = node.staged;
+  handle->opener = caller;
   OpenedFile opened{id, true};
   if ((flags & O_ACCMODE) == O_WRONLY) {  // a new inode: no page of it is cached anywhere
     opened.direct_io = handle->direct = true;
@@ -878,7 +897,7 @@ FsResult<std::pair<Attributes, OpenedFile>> Filesystem::create(Ino parent, const
   return std::pair{attributes_of(node), opened};
 }
 
-FsResult<OpenedFile> Filesystem::open(Ino ino, int flags) {
+FsResult<OpenedFile> Filesystem::open(Ino ino, int flags, Caller caller) {
   const bool writable = (flags & O_ACCMODE) != O_RDONLY;
   if (writable && options_.read_only) return std::unexpected(EROFS);
   std::unique_lock lock(mutex_);
@@ -942,6 +961,7 @@ FsResult<OpenedFile> Filesystem::open(Ino ino, int flags) {
   auto handle = std::make_unique<Handle>();
   handle->ino = ino;
   handle->writable = writable;
+  handle->opener = caller;
   if (writable) handle->staged = node->staged;
   // A write-only handle goes direct when no other handle is open (else the others could read
   // pages it made stale); any handle opened while a direct one is open goes direct too.
@@ -1229,14 +1249,25 @@ FsResult<std::size_t> Filesystem::copy_range(std::uint64_t id_in, std::uint64_t 
   return copied;
 }
 
-FsResult<void> Filesystem::flush(std::uint64_t id) {
+FsResult<void> Filesystem::flush(std::uint64_t id, Caller caller) {
   std::unique_lock lock(mutex_);
   auto it = handles_.find(id);
   if (it == handles_.end()) return std::unexpected(EBADF);
-  if (!it->second->writable) return {};
-  const Ino ino = it->second->ino;
+  Handle& handle = *it->second;
+  if (!handle.writable) return {};
+  const Ino ino = handle.ino;
   Node* node = find(ino);
   if (node == nullptr || !node->attached || !node->staged || !node->staged->dirty()) return {};
+  const bool same_thread = caller.thread != 0 && caller.thread == handle.opener.thread;
+  if (!same_thread && caller.process == 0 && handle.opener.process != 0) {
+    caller.process = process_of_thread(caller.thread);  // a /proc read: only when the thread differs
+  }
+  const bool known = caller.process != 0 && handle.opener.process != 0;
+  if (!same_thread && known && caller.process != handle.opener.process) {
+    handle.close_skipped = true;
+    return {};
+  }
+  handle.close_skipped = false;
   node->staged->seal_stream();
   // close(2) returns once the bytes and their journal record are on disk (DESIGN.md contract).
   if (auto ok = persist(lock, ino); !ok) return ok;
@@ -1336,11 +1367,20 @@ FsResult<void> Filesystem::fsync(std::uint64_t id) {
 void Filesystem::release(std::uint64_t id) {
   std::unique_ptr<Handle> handle;
   {
-    std::lock_guard lock(mutex_);
+    std::unique_lock lock(mutex_);
     auto it = handles_.find(id);
     if (it == handles_.end()) return;
     handle = std::move(it->second);
     handles_.erase(it);
+    if (handle->close_skipped) {
+      // The last close was another process's (flush): what it wrote is persisted now, so a crash
+      // before the commit does not lose it. A failure is logged; the upload is queued anyway.
+      Node* node = find(handle->ino);
+      if (node != nullptr && node->attached && node->staged && node->staged->dirty()) {
+        node->staged->seal_stream();
+        (void)persist(lock, handle->ino);
+      }
+    }
     Node* node = find(handle->ino);
     if (node != nullptr) {
       --node->open_handles;

@@ -37,6 +37,16 @@ inline constexpr Ino kRootIno = 1;
 template <typename T>
 using FsResult = std::expected<T, int>;  // the error is an errno value
 
+// The thread and process (thread group) that made a request, as FUSE reports them (mount.cc
+// caller_of). 0 means unknown, e.g. a caller in a pid namespace the daemon cannot see.
+struct Caller {
+  std::int64_t thread = 0;
+  std::int64_t process = 0;
+};
+
+// The process (thread group id, from /proc/THREAD/status) of a thread; 0 when unknown.
+std::int64_t process_of_thread(std::int64_t thread);
+
 struct Attributes {
   Ino ino = 0;
   bool directory = false;
@@ -154,12 +164,19 @@ class Filesystem {
   FsResult<void> unlink(Ino parent, const std::string& name);
   FsResult<void> rename(Ino parent, const std::string& name, Ino new_parent, const std::string& new_name,
                         unsigned flags);
-  FsResult<std::pair<Attributes, OpenedFile>> create(Ino parent, const std::string& name, int flags);
-  FsResult<OpenedFile> open(Ino ino, int flags);
+  // `caller` opens the handle; flush() compares its own caller with it.
+  FsResult<std::pair<Attributes, OpenedFile>> create(Ino parent, const std::string& name, int flags,
+                                                     Caller caller = {});
+  FsResult<OpenedFile> open(Ino ino, int flags, Caller caller = {});
   FsResult<void> read(std::uint64_t handle, std::uint64_t offset, std::size_t length,
                       const std::function<void(std::span<const std::byte>)>& reply);
   FsResult<std::size_t> write(std::uint64_t handle, std::uint64_t offset, std::span<const std::byte> data);
-  FsResult<void> flush(std::uint64_t handle);  // close(2): queue the upload
+  // close(2): makes the bytes and their journal record durable and queues the upload. Only when
+  // the closing process opened the handle: a process that inherited the descriptor (fork, or a
+  // child closing it at exec) closes its copy while the opener may still be writing, and
+  // committing then would put a half-written file in the bucket. The handle's last close
+  // (release) then persists what such a process wrote.
+  FsResult<void> flush(std::uint64_t handle, Caller caller = {});
   // copy_file_range(2) from a committed, unchanged source, into an empty destination at offset 0
   // or appended to the end of a committed, unchanged one. The whole source is committed at the
   // destination under its xet hash (one batch add; no bytes move); a part of it, or an append,
@@ -193,6 +210,8 @@ class Filesystem {
     Ino ino = 0;
     bool writable = false;
     bool direct = false;                    // OpenedFile::direct_io
+    Caller opener;                          // who opened it (see flush)
+    bool close_skipped = false;             // another process closed it without persisting
     std::shared_ptr<Staged> staged;         // writable handles: the file they write
     std::unique_ptr<RemoteReader> reader;   // read handles of a remote file
     std::mutex reader_mutex;                // guards creating `reader`

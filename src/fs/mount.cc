@@ -43,6 +43,15 @@ namespace {
 
 Mount::Impl& impl_of(fuse_req_t request) { return *static_cast<Mount::Impl*>(fuse_req_userdata(request)); }
 
+// Who made `request`. The process is looked up in /proc, so only where it is needed: opens for
+// writing; flush() looks it up itself when the thread is not the opener's.
+Caller thread_of(fuse_req_t request) { return Caller{.thread = fuse_req_ctx(request)->pid}; }
+Caller caller_of(fuse_req_t request) {
+  Caller caller = thread_of(request);
+  caller.process = process_of_thread(caller.thread);
+  return caller;
+}
+
 struct timespec to_timespec(std::int64_t ms) {
   struct timespec time {};
   time.tv_sec = static_cast<time_t>(ms / 1000);
@@ -201,7 +210,7 @@ void on_symlink(fuse_req_t request, const char*, fuse_ino_t, const char*) { fuse
 
 void on_create(fuse_req_t request, fuse_ino_t parent, const char* name, mode_t, fuse_file_info* info) {
   auto& impl = impl_of(request);
-  auto created = impl.filesystem.create(parent, name_of(name), info->flags);
+  auto created = impl.filesystem.create(parent, name_of(name), info->flags, caller_of(request));
   if (!created) {
     fuse_reply_err(request, created.error());
     return;
@@ -215,7 +224,8 @@ void on_create(fuse_req_t request, fuse_ino_t parent, const char* name, mode_t, 
 
 void on_open(fuse_req_t request, fuse_ino_t ino, fuse_file_info* info) {
   auto& impl = impl_of(request);
-  auto opened = impl.filesystem.open(ino, info->flags);
+  const int access = info->flags & O_ACCMODE;
+  auto opened = impl.filesystem.open(ino, info->flags, access == O_RDONLY ? Caller{} : caller_of(request));
   if (!opened) {
     fuse_reply_err(request, opened.error());
     return;
@@ -265,7 +275,7 @@ void on_copy_file_range(fuse_req_t request, fuse_ino_t, off_t offset_in, fuse_fi
 }
 
 void on_flush(fuse_req_t request, fuse_ino_t, fuse_file_info* info) {
-  auto done = impl_of(request).filesystem.flush(info->fh);
+  auto done = impl_of(request).filesystem.flush(info->fh, thread_of(request));
   fuse_reply_err(request, done ? 0 : done.error());
 }
 

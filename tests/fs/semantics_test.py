@@ -562,6 +562,64 @@ class SemanticsTest(unittest.TestCase):
             server, bucket, ["d/empty.bin", "d/short.bin"]).items()},
             {"d/" + name: len(data) for name, data in grown.items()})
 
+    def test_a_child_closing_an_inherited_descriptor_commits_nothing_half_written(self):
+        """A process that inherited a descriptor (a fork, or a program started while a file was
+        open: its copy is closed at exec) closes it while the opener may still be writing. That
+        close must not commit the file: the bucket would hold a half-written checkpoint. The
+        opener's close commits it; a child that writes and closes last gets its bytes committed
+        when the handle's last descriptor goes (release)."""
+        server, workspace, bucket = common.setup(self, "sem-inherited")
+        mount = self.mounted(server, workspace, bucket)
+        data = self.rng.randbytes(3 << 20)
+        handle = open(mount.path("ckpt.bin"), "wb")
+        try:
+            handle.write(data[:1 << 20])
+            handle.flush()
+            # Closed at exec in the child (Python's descriptors are close-on-exec) ...
+            subprocess.run(["true"], check=True)
+            # ... and at exit by a forked child that inherited it.
+            child = os.fork()
+            if child == 0:
+                os._exit(0)
+            os.waitpid(child, 0)
+            time.sleep(1.0)  # a commit the children's closes queued would be done by now (ms)
+            self.assertEqual(common.paths_info(server, bucket, ["ckpt.bin"]), {},
+                             "a child's close committed a half-written file")
+            handle.write(data[1 << 20:])
+        finally:
+            handle.close()
+        common.wait_for(lambda: common.paths_info(server, bucket, ["ckpt.bin"]).get("ckpt.bin", {}).get("size")
+                        == len(data), what="the opener's close commits the whole file")
+
+        # The opener closes first, then a forked child appends and exits: the child's bytes are
+        # committed once its copy, the last one, is closed.
+        tail = self.rng.randbytes(700_000)
+        fd = os.open(mount.path("shared.bin"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.write(fd, data[:1 << 20])
+        go_read, go_write = os.pipe()
+        child = os.fork()
+        if child == 0:
+            try:
+                os.close(go_write)
+                os.read(go_read, 1)  # the parent has closed its copy
+                os.write(fd, tail)
+            finally:
+                os._exit(0)
+        os.close(go_read)
+        os.close(fd)
+        os.write(go_write, b"g")
+        os.close(go_write)
+        os.waitpid(child, 0)
+        common.wait_for(lambda: common.paths_info(server, bucket, ["shared.bin"]).get("shared.bin", {}).get("size")
+                        == (1 << 20) + len(tail), what="the child's bytes are committed at the last close")
+        self.unmount_ok(mount)
+        fresh = self.mounted(server, workspace, bucket)
+        with open(fresh.path("ckpt.bin"), "rb") as got:
+            self.assertTrue(got.read() == data, "ckpt.bin")
+        with open(fresh.path("shared.bin"), "rb") as got:
+            self.assertTrue(got.read() == data[:1 << 20] + tail, "shared.bin")
+        self.unmount_ok(fresh)
+
     def test_first_reads_of_a_large_file_on_a_cold_mount(self):
         """A small first read at offset 0 of a file larger than a read stream's ring (32 MiB) is
         fetched alone and answered before the stream starts (time to first byte); the reads after
