@@ -282,6 +282,8 @@ int run_daemon(const MountArgs& args, const naming::BucketPath& where, const std
       std::cerr << "bucketfs: journal: recovered " << recovered.recovered << " file(s) (" << recovered.conflicts
                 << " under a conflict name), " << recovered.failed << " left for the next mount" << std::endl;
     }
+    // Then what dead daemons had open and never closed: nothing can commit it, it only takes space.
+    fs::remove_orphaned_staging_files(journal, options.staging_dir);
   }
   auto mount = fs::Mount::create(services, options);
   if (!mount) {
@@ -387,11 +389,12 @@ bool is_bucketfs_mount(const std::string& path) {
   return false;
 }
 
-// A mount point whose daemon died (kill -9, OOM) answers ENOTCONN. Such a dead bucketfs mount is
-// detached so the bucket can be mounted there again (and its journal replayed).
+// A mount point whose daemon died (kill -9, OOM) answers ENOTCONN (ECONNABORTED while the
+// kernel is still tearing the connection down). Such a dead bucketfs mount is detached so the
+// bucket can be mounted there again (and its journal replayed).
 void detach_dead_mount(const std::string& path) {
   struct stat info {};
-  if (::stat(path.c_str(), &info) == 0 || errno != ENOTCONN) return;
+  if (::stat(path.c_str(), &info) == 0 || (errno != ENOTCONN && errno != ECONNABORTED)) return;
   const std::string absolute = stdfs::absolute(path).lexically_normal().string();
   if (!is_bucketfs_mount(absolute)) return;
   std::cerr << "bucketfs: " << absolute << " is a dead bucketfs mount (its daemon died); detaching it" << std::endl;

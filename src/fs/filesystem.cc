@@ -96,7 +96,7 @@ void Staged::abort_stream_locked() {
   stream->more.notify_all();
 }
 
-Filesystem::Filesystem(MountServices services, MountOptions options)
+Filesystem::Filesystem(MountServices services, MountOptions options, std::unique_ptr<StagingFolder> staging)
     : services_(services),
       options_(std::move(options)),
       upload_buffers_(static_cast<std::size_t>(options_.upload.memory_budget())),
@@ -105,7 +105,8 @@ Filesystem::Filesystem(MountServices services, MountOptions options)
                                               .buffer_budget = std::size_t{64} << 20,
                                               .warm_buffer_bytes = std::size_t{1} << 20}),
       windows_(std::max<std::size_t>(options_.max_readahead, std::size_t{1} << 20), 8),
-      mounted_at_ms_(now_ms()) {
+      mounted_at_ms_(now_ms()),
+      staging_(std::move(staging)) {
   options_.upload.buffer_pool = &upload_buffers_;
   auto root = std::make_shared<Node>();
   root->ino = kRootIno;
@@ -403,20 +404,12 @@ std::int64_t process_of_thread(std::int64_t thread) {
 // ---- Staging -----------------------------------------------------------------------------------
 
 FsResult<std::shared_ptr<Staged>> Filesystem::new_staged() {
+  auto file = staging_->create();
+  if (!file) return std::unexpected(file.error());
   auto staged = std::make_shared<Staged>();
-  // pid and process start time: unique across daemons and reboots (left-over files never collide).
-  staged->path = (options_.staging_dir / ("f" + std::to_string(owner_.pid) + "-" + std::to_string(owner_.start_ticks) +
-                                          "-" + std::to_string(next_staging_++)))
-                     .string();
-  const int fd = ::open(staged->path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  if (fd < 0) {
-    const int error = errno;
-    log_line("cannot create staging file " + staged->path + ": " + std::strerror(error));
-    staged->path.clear();
-    return std::unexpected(error == ENOSPC ? ENOSPC : EIO);
-  }
-  staged->fd = FileDescriptor(fd);
-  staged->name = std::filesystem::path(staged->path).filename().string();
+  staged->fd = std::move(file->fd);
+  staged->path = std::move(file->path);
+  staged->name = std::move(file->name);
   staged->mtime_ms = now_ms();
   return staged;
 }

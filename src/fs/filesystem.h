@@ -28,6 +28,7 @@
 #include "bucketfs/transfer/upload.h"
 #include "file_descriptor.h"
 #include "reader.h"
+#include "staging.h"
 
 namespace bucketfs::fs {
 
@@ -147,7 +148,8 @@ struct Node {
 
 class Filesystem {
  public:
-  Filesystem(MountServices services, MountOptions options);
+  // `staging` is this daemon's claim on options.staging_dir.
+  Filesystem(MountServices services, MountOptions options, std::unique_ptr<StagingFolder> staging);
   ~Filesystem();  // stops the upload workers (pending uploads stay in staging)
   Filesystem(const Filesystem&) = delete;
   Filesystem& operator=(const Filesystem&) = delete;
@@ -285,6 +287,7 @@ class Filesystem {
   WindowPool windows_;
   const std::int64_t mounted_at_ms_;
   const cache::Owner owner_ = cache::Owner::self();
+  const std::unique_ptr<StagingFolder> staging_;
 
   mutable std::mutex mutex_;
   std::mutex remote_mutex_;
@@ -297,7 +300,6 @@ class Filesystem {
   std::deque<std::pair<std::chrono::steady_clock::time_point, Ino>> queue_;
   std::uint64_t mutations_ = 0;  // remote mutations made by this mount, to detect racing listings
   std::uint32_t batches_in_flight_ = 0;  // commit_batch calls waiting for their answer
-  std::uint64_t next_staging_ = 0;
   bool stopping_ = false;
   MountStatus status_;
   std::vector<std::thread> workers_;

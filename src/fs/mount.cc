@@ -24,7 +24,8 @@
 namespace bucketfs::fs {
 
 struct Mount::Impl {
-  Impl(MountServices services, MountOptions options) : filesystem(services, std::move(options)) {}
+  Impl(MountServices services, MountOptions options, std::unique_ptr<StagingFolder> staging)
+      : filesystem(services, std::move(options), std::move(staging)) {}
 
   Filesystem filesystem;
   fuse_session* session = nullptr;
@@ -502,16 +503,15 @@ std::expected<std::unique_ptr<Mount>, std::string> Mount::create(MountServices s
   }
   if (is_mount_point(mountpoint)) return std::unexpected("mountpoint " + mountpoint.string() + " is already a mount");
   options.mountpoint = mountpoint;
-  std::filesystem::create_directories(options.staging_dir, error);
-  if (error) return std::unexpected("cannot create staging directory " + options.staging_dir.string());
-  std::filesystem::permissions(options.staging_dir, std::filesystem::perms::owner_all, error);
+  auto staging = StagingFolder::claim(options.staging_dir, cache::Owner::self());
+  if (!staging) return std::unexpected(staging.error());
 
   const std::string fsname = "bucketfs:" + options.bucket.str() + (options.prefix.empty() ? "" : "/" + options.prefix);
   std::string mount_options = "default_permissions,subtype=bucketfs,fsname=" + fsname;
   if (options.read_only) mount_options += ",ro";
   for (const auto& option : options.fuse_options) mount_options += "," + option;
 
-  auto impl = std::make_unique<Impl>(services, options);
+  auto impl = std::make_unique<Impl>(services, options, std::move(*staging));
   impl->ttl = std::chrono::duration<double>(options.metadata_ttl).count();
   std::vector<std::string> arguments = {"bucketfs", "-o", mount_options};
   std::vector<char*> argv;

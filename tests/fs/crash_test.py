@@ -158,6 +158,72 @@ class CrashTest(unittest.TestCase):
         print("  seed %d: %d files checked, none lost, none half, none twice" % (seed, len(present)), flush=True)
 
 
+class LeftoverTest(unittest.TestCase):
+    """What a killed daemon leaves besides its journal: a dead mount at its mount point, and the
+    staging files of files it had open and never closed. `bucketfs mount` at the same point
+    detaches the dead mount, replays the journal and removes those files, but not the staging
+    files of a daemon still running on the same cache dir."""
+
+    def test_remount_at_the_same_point_clears_what_the_killed_daemon_left(self):
+        server = h.start_server(self, "crash-leftover")
+        workspace = h.Workspace("crash-leftover")
+        self.addCleanup(workspace.cleanup)
+        h.create_bucket(server, "alice/left")
+        cache = workspace.path("cache")
+        staging = os.path.join(cache, "staging")
+        killed = h.new_mount(self, server, workspace, "alice/left", cache_dir=cache, name="k").start()
+        running = h.new_mount(self, server, workspace, "alice/left", cache_dir=cache, name="r").start()
+
+        def staging_files_of(pid):
+            return sorted(n for n in os.listdir(staging) if n.startswith("f%d-" % pid))
+
+        running_bytes = random.Random(2).randbytes(3 << 20)
+        running_handle = open(running.path("running.bin"), "wb")
+        self.addCleanup(running_handle.close)
+        running_handle.write(running_bytes[:1 << 20])
+        running_handle.flush()
+        closed_bytes = random.Random(3).randbytes(700_000)
+        with open(killed.path("closed.bin"), "wb") as handle:
+            handle.write(closed_bytes)
+        never_closed = open(killed.path("open.bin"), "wb")
+        never_closed.write(random.Random(4).randbytes(2 << 20))
+        never_closed.flush()
+        self.assertTrue(staging_files_of(killed.pid), os.listdir(staging))
+        os.kill(killed.pid, signal.SIGKILL)
+        h.wait_gone(killed.pid)
+        try:
+            never_closed.close()
+        except OSError:
+            pass  # the daemon is gone
+        with self.assertRaises(OSError):  # a dead mount: ENOTCONN (or ECONNABORTED)
+            os.listdir(killed.mountpoint)
+        killed_pid = killed.pid
+
+        result = killed.mount()  # the same mount point, the same cache dir
+        self.assertEqual(result.returncode, 0, result.stderr + killed.log())
+        self.assertIn("dead bucketfs mount", result.stderr)
+        self.assertIn("staging: removed 1 file(s) (2097152 bytes)", killed.log())
+        self.assertEqual(staging_files_of(killed_pid), [])
+        self.assertFalse([n for n in os.listdir(staging) if n.startswith("owner-%d-" % killed_pid)])
+        self.assertEqual(len(staging_files_of(running.pid)), 1, os.listdir(staging))
+        self.assertEqual(sorted(os.listdir(killed.mountpoint)), ["closed.bin"])
+        with open(killed.path("new.bin"), "wb") as handle:
+            handle.write(b"after the restart\n")
+
+        # The other daemon's open file was left alone: it closes and commits whole.
+        running_handle.write(running_bytes[1 << 20:])
+        running_handle.close()
+        self.assertEqual(running.unmount().returncode, 0, running.log())
+        self.assertEqual(killed.unmount().returncode, 0, killed.log())
+        fresh = h.new_mount(self, server, workspace, "alice/left", name="v").start()
+        for name, data in (("running.bin", running_bytes), ("closed.bin", closed_bytes),
+                           ("new.bin", b"after the restart\n")):
+            with open(fresh.path(name), "rb") as handle:
+                self.assertTrue(handle.read() == data, name)
+        self.assertEqual(sorted(os.listdir(fresh.mountpoint)), ["closed.bin", "new.bin", "running.bin"])
+        self.assertEqual(fresh.unmount().returncode, 0)
+
+
 class RecoveryStatusTest(unittest.TestCase):
     def test_status_lists_the_journaled_files_during_replay(self):
         server = RestartableServer("crash-status")

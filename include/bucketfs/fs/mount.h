@@ -49,7 +49,7 @@ struct MountOptions {
   std::filesystem::path mountpoint;
   bool read_only = false;
   std::chrono::milliseconds metadata_ttl{10'000};
-  // Where staging files live (created 0700). Files there are this mount's own.
+  // Where staging files live (created 0700), shared with other daemons on the same cache dir.
   std::filesystem::path staging_dir;
   // FUSE mount options passed through (-o), e.g. "allow_other". default_permissions is always on.
   std::vector<std::string> fuse_options;
@@ -97,6 +97,18 @@ struct RecoveryProgress {
 RecoveryReport recover_journal(const MountServices& services, const naming::BucketId& bucket,
                                const std::filesystem::path& staging_dir, const transfer::UploadOptions& upload,
                                const std::function<void(const RecoveryProgress&)>& on_progress = {});
+
+// What remove_orphaned_staging_files() did.
+struct StagingSweep {
+  std::uint64_t removed_files = 0;
+  std::uint64_t removed_bytes = 0;
+};
+
+// Removes from `staging_dir` the staging files of daemons that are gone and that no journal
+// record names: files a killed daemon had open and never closed, which no mount can commit.
+// Files of running daemons (each holds a lock there, src/fs/staging.h) and journaled files stay;
+// the lock files of daemons that are gone go. Logs what it removed.
+StagingSweep remove_orphaned_staging_files(const cache::Journal& journal, const std::filesystem::path& staging_dir);
 
 struct MountStatus {
   std::uint64_t pending_uploads = 0;  // files written and not yet committed
