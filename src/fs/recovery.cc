@@ -12,6 +12,7 @@
 #include "bucketfs/fs/mount.h"
 #include "file_descriptor.h"
 #include "log.h"
+#include "staging.h"
 
 namespace bucketfs::fs {
 namespace {
@@ -46,7 +47,11 @@ RecoveryReport recover_journal(const MountServices& services, const naming::Buck
   std::map<std::string, std::size_t> newest;
   for (const auto& record : *records) {
     if (record.bucket != bucket_id) continue;
-    if (record.owner.alive()) {
+    // The owner lock of its staging file says whether its daemon runs, in any pid namespace that
+    // shares the cache dir; records from before owner locks fall back to the pid check.
+    const bool running = owner_running(staging_dir, staging_file_owner(record.staging_name))
+                             .value_or(record.owner.alive());
+    if (running) {
       ++report.live;
       continue;
     }

@@ -44,19 +44,27 @@ bool parse_number(const std::string& text, Number& value) {
   return error == std::errc() && end == text.data() + text.size();
 }
 
-// Whether the daemon tagged `tag` is running. With its lock file: whether someone holds the lock
-// (when we take it, `held` keeps it until the caller is done). Without one: a tag of this format
-// means its lock file was removed by a sweep, so the daemon is gone; a `pid-start` tag (files
-// named before owner locks existed) is checked against /proc.
-bool owner_alive(const std::filesystem::path& folder, const std::string& tag, FileDescriptor& held) {
+enum class OwnerState { kRunning, kGone, kUnknown };
+
+// Whether the daemon tagged `tag` is running, by its lock file: running while someone holds the
+// lock (when we can take it, `held`, if given, keeps it until the caller is done). Without a lock
+// file, a tag of this format means a sweep removed it, so the daemon is gone; a `pid-start` tag
+// (named before owner locks existed) is unknown here.
+OwnerState probe_owner(const std::filesystem::path& folder, const std::string& tag, FileDescriptor* held) {
+  if (tag.empty()) return OwnerState::kUnknown;
   const auto lock_path = folder / owner_lock_name(tag);
   FileDescriptor lock(::open(lock_path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW));
   if (lock.valid()) {
-    if (::flock(lock.get(), LOCK_EX | LOCK_NB) != 0) return true;  // EWOULDBLOCK: held by its daemon
-    held = std::move(lock);
-    return false;
+    if (::flock(lock.get(), LOCK_EX | LOCK_NB) != 0) return OwnerState::kRunning;  // held by its daemon
+    if (held != nullptr) *held = std::move(lock);
+    return OwnerState::kGone;
   }
-  if (errno != ENOENT) return true;  // cannot tell: keep its files
+  if (errno != ENOENT) return OwnerState::kRunning;  // cannot tell: keep what it owns
+  return split_tag(tag).size() == 3 ? OwnerState::kGone : OwnerState::kUnknown;
+}
+
+// A `pid-start` tag of this boot: whether that process runs.
+bool pid_tag_running(const std::string& tag) {
   const auto parts = split_tag(tag);
   if (parts.size() != 2) return false;
   cache::Owner owner = cache::Owner::self();  // this boot
@@ -72,6 +80,18 @@ std::string owner_tag(const cache::Owner& owner) {
 }
 
 std::string owner_lock_name(const std::string& tag) { return kLockPrefix + tag + kLockSuffix; }
+
+std::optional<bool> owner_running(const std::filesystem::path& folder, const std::string& tag) {
+  switch (probe_owner(folder, tag, nullptr)) {
+    case OwnerState::kRunning:
+      return true;
+    case OwnerState::kGone:
+      return false;
+    case OwnerState::kUnknown:
+      break;
+  }
+  return std::nullopt;
+}
 
 std::string staging_file_owner(const std::string& name) {
   if (name.size() < 4 || name[0] != 'f') return {};
@@ -164,7 +184,8 @@ StagingSweep remove_orphaned_staging_files(const cache::Journal& journal, const 
   for (const auto& owner : lock_owners) files_by_owner.try_emplace(owner);
   for (const auto& [owner, names] : files_by_owner) {
     FileDescriptor held;
-    if (owner_alive(staging_dir, owner, held)) continue;
+    const auto state = probe_owner(staging_dir, owner, &held);
+    if (state == OwnerState::kRunning || (state == OwnerState::kUnknown && pid_tag_running(owner))) continue;
     for (const auto& name : names) {
       const auto path = staging_dir / name;
       struct stat info {};

@@ -12,6 +12,7 @@
 #include <expected>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "bucketfs/cache/journal.h"
@@ -27,6 +28,12 @@ std::string owner_lock_name(const std::string& tag);
 
 // The tag of a staging file's owner (`f<TAG>-<N>` gives TAG), or empty for any other name.
 std::string staging_file_owner(const std::string& name);
+
+// Whether the daemon tagged `tag` runs, judged by its owner lock in `folder`: true while the lock
+// is held (or the lock file cannot be opened), false once it is free or a sweep removed it.
+// nullopt when the lock cannot tell: an empty tag, or a `pid-start` tag from before owner locks
+// (the caller then checks the pid).
+std::optional<bool> owner_running(const std::filesystem::path& folder, const std::string& tag);
 
 // One daemon's claim on the staging folder: it holds the owner lock and creates staging files.
 // The lock is released when this is destroyed or the daemon dies; the lock file stays until a

@@ -129,6 +129,24 @@ TEST(StagingTest, SweepRemovesOnlyUnjournaledFilesOfDaemonsThatAreGone) {
   EXPECT_EQ(remove_orphaned_staging_files(journal, folder).removed_files, 0u);
 }
 
+// What recovery asks of a journal record's staging name before replaying it.
+TEST(StagingTest, OwnerRunningFollowsTheLock) {
+  bucketfs::testing::TempDir temp("bucketfs-staging-test");
+  const stdfs::path folder = temp / "staging";
+  const auto owner = other_daemon(2001, 7);
+  const std::string tag = owner_tag(owner);
+  {
+    auto claim = StagingFolder::claim(folder, owner);
+    ASSERT_TRUE(claim);
+    EXPECT_EQ(owner_running(folder, tag), std::optional<bool>(true));
+  }
+  EXPECT_EQ(owner_running(folder, tag), std::optional<bool>(false));  // its lock file stays, free
+  stdfs::remove(folder / owner_lock_name(tag));
+  EXPECT_EQ(owner_running(folder, tag), std::optional<bool>(false));  // a sweep removed it
+  EXPECT_EQ(owner_running(folder, "2001-7"), std::nullopt);  // before owner locks: ask the pid
+  EXPECT_EQ(owner_running(folder, ""), std::nullopt);
+}
+
 // The real case: the owner is another process, alive and then killed.
 TEST(StagingTest, SweepKeepsAnotherProcessFilesUntilItIsKilled) {
   bucketfs::testing::TempDir temp("bucketfs-staging-test");

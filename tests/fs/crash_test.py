@@ -224,6 +224,86 @@ class LeftoverTest(unittest.TestCase):
         self.assertEqual(fresh.unmount().returncode, 0)
 
 
+NAMESPACED_WRITER = r'''
+import os, subprocess, sys, time
+binary, endpoint, token_file, cache, mountpoint, runtime, folder, count = sys.argv[1:9]
+env = dict(os.environ, BUCKETFS_RUNTIME_DIR=runtime)
+daemon = subprocess.Popen([binary, "mount", "--foreground", "--endpoint", endpoint, "--token-file", token_file,
+                           "--cache-dir", cache, "alice/ns", mountpoint], env=env,
+                          stdout=subprocess.DEVNULL, stderr=open(os.path.join(folder, "daemon.log"), "w"))
+def marker(name):
+    return os.path.join(folder, name)
+deadline = time.monotonic() + 30
+while not any(line.split()[4] == mountpoint for line in open("/proc/self/mountinfo")):
+    if time.monotonic() > deadline or daemon.poll() is not None:
+        sys.exit("the namespaced mount did not start")
+    time.sleep(0.05)
+os.listdir(mountpoint)  # the root listing is known before the server goes
+open(marker("ready"), "w").close()
+while not os.path.exists(marker("go")):
+    time.sleep(0.02)
+for i in range(int(count)):
+    with open(os.path.join(mountpoint, "n%d.bin" % i), "wb") as handle:
+        handle.write(os.urandom(50_000 + i))
+open(marker("written"), "w").close()
+time.sleep(3600)  # pid 1 of the namespace: killing it takes the daemon and its mount with it
+'''
+
+
+class PidNamespaceTest(unittest.TestCase):
+    """Pods on one node may share a cache dir from separate pid namespaces. A pid from another
+    namespace means nothing here, so a record's owner is judged by its staging owner lock: a
+    mount started next to a running daemon of another namespace must not replay that daemon's
+    journal (committing its files and unlinking staging files it still uses)."""
+
+    def test_a_running_daemon_of_another_pid_namespace_keeps_its_journal(self):
+        if subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True).returncode:
+            self.skipTest("unshare --pid is not permitted here (needs CAP_SYS_ADMIN)")
+        server = RestartableServer("crash-pidns")
+        self.addCleanup(server.cleanup)
+        server.start()
+        workspace = h.Workspace("crash-pidns")
+        self.addCleanup(workspace.cleanup)
+        h.create_bucket(server, "alice/ns")
+        cache = workspace.path("cache")
+        folder = workspace.path("ns")
+        mountpoint = workspace.path("mnt-ns")
+        os.makedirs(folder)
+        os.makedirs(mountpoint)
+        namespaced = subprocess.Popen(
+            ["unshare", "--pid", "--kill-child", "--mount-proc", "--propagation", "private", sys.executable, "-c",
+             NAMESPACED_WRITER, h.BINARY, server.base, workspace.tokens["alice"], cache, mountpoint,
+             workspace.path("run-ns"), folder, "4"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(lambda: namespaced.poll() is None and (namespaced.kill(), namespaced.wait()))
+        deadline = time.monotonic() + 30
+        def daemon_log():
+            path = os.path.join(folder, "daemon.log")
+            return open(path, errors="replace").read()[-3000:] if os.path.exists(path) else ""
+
+        while not os.path.exists(os.path.join(folder, "ready")):
+            self.assertIsNone(namespaced.poll(), daemon_log())
+            self.assertLess(time.monotonic(), deadline, "the namespaced mount did not start")
+            time.sleep(0.05)
+        server.kill()  # its closes stay in the journal: their uploads fail
+        open(os.path.join(folder, "go"), "w").close()
+        while not os.path.exists(os.path.join(folder, "written")):
+            self.assertIsNone(namespaced.poll(), daemon_log())
+            self.assertLess(time.monotonic(), deadline + 30, "the namespaced writer did not finish")
+            time.sleep(0.02)
+        staging = os.path.join(cache, "staging")
+        staged = sorted(n for n in os.listdir(staging) if n.startswith("f"))
+        self.assertEqual(len(staged), 4, os.listdir(staging))
+
+        # Back before the namespaced daemon's first retry (2 s after its failure).
+        server.restart_on_same_port()
+        here = h.new_mount(self, server, workspace, "alice/ns", cache_dir=cache, name="here").start()
+        state = here.state()
+        self.assertEqual(state.get("recovered_files", 0), 0, here.log())
+        self.assertEqual(sorted(n for n in os.listdir(staging) if n.startswith("f")), staged,
+                         "a mount took a running daemon's staging files for a dead one's")
+        self.assertEqual(here.unmount().returncode, 0, here.log())
+
+
 class RecoveryStatusTest(unittest.TestCase):
     def test_status_lists_the_journaled_files_during_replay(self):
         server = RestartableServer("crash-status")
