@@ -294,13 +294,16 @@ class PidNamespaceTest(unittest.TestCase):
         staged = sorted(n for n in os.listdir(staging) if n.startswith("f"))
         self.assertEqual(len(staged), 4, os.listdir(staging))
 
-        # Back before the namespaced daemon's first retry (2 s after its failure).
+        # Its retries back off (2 s, 4 s, 8 s, ...): after 7 s the next one is several seconds
+        # away, and this mount's replay (if it wrongly took the daemon for dead) runs before it.
+        time.sleep(7)
         server.restart_on_same_port()
         here = h.new_mount(self, server, workspace, "alice/ns", cache_dir=cache, name="here").start()
         state = here.state()
         self.assertEqual(state.get("recovered_files", 0), 0, here.log())
-        self.assertEqual(sorted(n for n in os.listdir(staging) if n.startswith("f")), staged,
-                         "a mount took a running daemon's staging files for a dead one's")
+        # What is gone, the running daemon committed itself (a retry that came early).
+        left = sorted(n for n in os.listdir(staging) if n.startswith("f"))
+        self.assertTrue(set(left) <= set(staged), left)
         self.assertEqual(here.unmount().returncode, 0, here.log())
 
 
