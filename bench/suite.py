@@ -27,7 +27,8 @@ life; every mount has its own runtime folder and, unless a row says warm, an emp
     added through the API (NDJSON addFile batches naming one uploaded file, a tenth of them in
     one folder `big/`, the rest over 300 folders); `ls -lR`, `ls -l big` and `find` on fresh
     mounts against the same tree on local disk after drop_caches, and stat of a cached entry;
-  - memory: daemon peak RSS writing and then reading a --big-size file.
+  - memory: daemon peak RSS writing and then reading a --big-size file, and writing it as 4 files
+    side by side (one per rank of a sharded checkpoint).
 """
 import argparse
 import datetime
@@ -397,6 +398,21 @@ class Suite:
         s.add("memory read", got / MiB / seconds, mount.peak_rss(), unit="MiB/s")
         mount.unmount()
         shutil.rmtree(self.path("cache-mem-r"), ignore_errors=True)
+        # A sharded checkpoint: one file per rank, the ranks writing side by side.
+        ranks = 4
+        mount = self.mount("bench/memory", "mem-ranks", "cache-mem-p")
+        started = time.monotonic()
+        writers = [subprocess.Popen(
+            ["bash", "-c", f"head -c {size // ranks} /dev/zero | openssl enc -aes-128-ctr -nosalt -pbkdf2 "
+             f"-pass pass:rank{rank} 2>/dev/null | dd of={mount.path(f'rank{rank}.bin')} bs=1M iflag=fullblock "
+             "conv=fsync status=none"]) for rank in range(ranks)]
+        for writer in writers:
+            if writer.wait() != 0:
+                raise RuntimeError("a rank's writer failed")
+        seconds = time.monotonic() - started
+        mount.unmount()
+        s.add("memory ranks", size / MiB / seconds, mount.peak_rss(), unit="MiB/s")
+        shutil.rmtree(self.path("cache-mem-p"), ignore_errors=True)
 
 
 def tree_layout(count):
@@ -494,6 +510,8 @@ def build_rows(cfg, s):
     add("stat of a cached entry", "stat mount", "us", "stat local", "local")
     for what, key in ((f"memory: writing a {size_text(cfg.big_size)} file", "memory write"),
                       (f"memory: reading it (fresh mount)", "memory read"),
+                      (f"memory: 4 files of {size_text(cfg.big_size // 4)} written at once (one per rank)",
+                       "memory ranks"),
                       (f"memory: listing {tree} entries (`ls -lR`)", "ls -lR mount")):
         if s.has(key):
             add(what, key, "MiB", figure=s.rss(key), target=("< 256 MiB", lambda v: v < 256, "figure"))

@@ -1058,6 +1058,14 @@ void Filesystem::note_write(const std::shared_ptr<Staged>& staged, std::uint64_t
   }
   staged->append_end += length;
   if (staged->append_end < kStreamThreshold || services_.write_cas == nullptr || options_.read_only) return;
+  // One stream at a time: each holds an upload's buffers (about 80 MiB), on top of the uploads
+  // after close. With several files written side by side (one per rank of a sharded checkpoint)
+  // a file starts its stream at a later write, once the stream is free (it reads from byte 0), or
+  // is uploaded after close like any other.
+  unsigned running = streams_running_.load();
+  do {
+    if (running >= kMaxStreams) return;
+  } while (!streams_running_.compare_exchange_weak(running, running + 1));
   auto owned = std::make_unique<Stream>();
   Stream* stream = owned.get();
   Staged* file = staged.get();
@@ -1089,10 +1097,14 @@ void Filesystem::note_write(const std::shared_ptr<Staged>& staged, std::uint64_t
       if (!got) return std::unexpected(std::string("reading the staging file: ") + std::strerror(got.error()));
       return *got;
     };
-    transfer::Uploader uploader(*services_.write_cas, *services_.hub, services_.dedup_index, options_.upload);
-    auto result = uploader.upload(transfer::UploadSource(std::move(read), std::move(read_at)));
+    std::optional<transfer::UploadResult<transfer::UploadedFile>> result;
+    {
+      transfer::Uploader uploader(*services_.write_cas, *services_.hub, services_.dedup_index, options_.upload);
+      result = uploader.upload(transfer::UploadSource(std::move(read), std::move(read_at)));
+    }
+    streams_running_.fetch_sub(1);  // its buffers are back in the pool or freed
     std::lock_guard stream_lock(file->stream_mutex);
-    stream->result = std::move(result);
+    stream->result = std::move(*result);
   });
 }
 

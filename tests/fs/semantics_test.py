@@ -412,6 +412,59 @@ class SemanticsTest(unittest.TestCase):
             with open(fresh.path(name), "rb") as handle:
                 self.assertTrue(handle.read() == data, name)
 
+    def test_files_written_side_by_side_take_turns_streaming(self):
+        """One streaming upload runs at a time (each holds an upload's buffers): a file written
+        while another one's stream runs does not stream; it starts streaming, from its first byte,
+        at its first write after that stream is done, while it is still open. Both read back
+        whole. (The daemon's memory with many such files is measured by the bench: memory ranks.)"""
+        server, workspace, bucket = common.setup(self, "sem-turns")
+        mount = self.mounted(server, workspace, bucket)
+        queries = 'bucketfs_http_requests_total{route="cas_dedup",status="%d"}'
+
+        def dedup_queries():
+            return harness.metric(server, queries % 200) + harness.metric(server, queries % 404)
+
+        def settled():
+            """The query count once it has not moved for half a second."""
+            last = dedup_queries()
+            while True:
+                time.sleep(0.5)
+                now = dedup_queries()
+                if now == last:
+                    return now
+                last = now
+
+        first, second = self.rng.randbytes(24 * MiB), self.rng.randbytes(25 * MiB)
+        first_fd = os.open(mount.path("rank0.bin"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        second_fd = None
+        try:
+            before = dedup_queries()
+            for offset in range(0, len(first), MiB):
+                os.write(first_fd, first[offset:offset + MiB])
+            common.wait_for(lambda: dedup_queries() > before, timeout=60, what="rank0.bin to stream")
+            idle = settled()  # rank0.bin's stream has taken all there is and waits, still open
+            second_fd = os.open(mount.path("rank1.bin"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            for offset in range(0, 24 * MiB, MiB):
+                os.write(second_fd, second[offset:offset + MiB])
+            self.assertEqual(settled(), idle, "rank1.bin started a second stream")
+            os.close(first_fd)
+            first_fd = None
+            common.wait_for(lambda: common.paths_info(server, bucket, ["rank0.bin"]).get("rank0.bin", {}).get("size")
+                            == len(first), what="rank0.bin committed")
+            before = dedup_queries()
+            os.write(second_fd, second[24 * MiB:])
+            common.wait_for(lambda: dedup_queries() > before, timeout=60,
+                            what="rank1.bin to start streaming while open once rank0.bin's stream is done")
+        finally:
+            for fd in (first_fd, second_fd):
+                if fd is not None:
+                    os.close(fd)
+        self.unmount_ok(mount)
+        fresh = self.mounted(server, workspace, bucket, name="fresh")
+        for name, data in (("rank0.bin", first), ("rank1.bin", second)):
+            with open(fresh.path(name), "rb") as handle:
+                self.assertTrue(handle.read() == data, name)
+
     def test_refusals_enotempty_eperm_einval(self):
         server, workspace, bucket = common.setup(self, "sem-refuse")
         mount = self.mounted(server, workspace, bucket)
