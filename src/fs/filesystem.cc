@@ -1603,7 +1603,10 @@ void Filesystem::upload_group(const std::vector<Ino>& inos) {
     jobs.front().hash = uploaded.file.file_hash;
     xorb_bytes = uploaded.session.xorb_bytes_sent;
   } else {
-    transfer::UploadSession session(*services_.write_cas, services_.dedup_index, options_.upload);
+    const bool skip_local_dedup =
+        std::any_of(jobs.begin(), jobs.end(), [](const Job& job) { return job.staged->skip_local_dedup; });
+    transfer::UploadSession session(*services_.write_cas, skip_local_dedup ? nullptr : services_.dedup_index,
+                                    options_.upload);
     for (auto& job : jobs) {
       auto added = session.add_file(staging_source(job.staged->fd.get(), job.size));
       if (!added) {
@@ -1646,6 +1649,9 @@ void Filesystem::upload_group(const std::vector<Ino>& inos) {
     committed_.notify_all();
   };
   if (failure) {
+    const bool refused = failure->kind == transfer::UploadErrorKind::remote && failure->hub &&
+                         failure->hub->kind == hub::HubErrorKind::invalid;
+    for (auto& job : jobs) job.staged->skip_local_dedup = refused;
     std::string what = jobs.size() == 1 ? "'" + path_of_or(jobs.front().ino) + "'"
                                         : std::to_string(jobs.size()) + " files";
     bool logged = false;

@@ -373,5 +373,45 @@ class FaultsTest(unittest.TestCase):
               "next fsync; an interrupted read %s" % how, file=sys.stderr, flush=True)
 
 
+class LostXorbsTest(unittest.TestCase):
+    """The node's dedup index remembers where this node stored each chunk. A server that lost
+    those xorbs (its store wiped, or a xorb garbage-collected) refuses a shard that references
+    them (400); the upload must then do without the index and commit, not fail forever."""
+
+    def setUp(self):
+        self.workspace = Workspace("faults-lost")
+        self.addCleanup(self.workspace.cleanup)
+
+    def test_an_upload_refused_for_a_lost_xorb_is_sent_again_without_the_dedup_index(self):
+        cache = self.workspace.path("cache")
+        data = random.Random(9).randbytes(3 * MiB)
+        first = start(self, "faults-lost-1")
+        create_bucket(first, "alice/lost")
+        mount = new_mount(self, first, self.workspace, "alice/lost", cache_dir=cache, name="a").start()
+        with open(mount.path("a.bin"), "wb") as handle:
+            handle.write(data)
+        self.assertEqual(mount.unmount().returncode, 0, mount.log())  # committed: the index knows its xorbs
+
+        second = start(self, "faults-lost-2")  # a new store: none of those xorbs
+        create_bucket(second, "alice/lost")
+        mount = new_mount(self, second, self.workspace, "alice/lost", cache_dir=cache, name="b").start()
+        with open(mount.path("b.bin"), "wb") as handle:
+            handle.write(data)
+        deadline = time.monotonic() + 60
+        while True:
+            listed = api.request("POST", "/api/buckets/alice/lost/paths-info", {"paths": ["b.bin"]},
+                                 token=api.ALICE_W, server=second).json()
+            if listed and listed[0].get("size") == len(data):
+                break
+            self.assertLess(time.monotonic(), deadline, "b.bin was never committed: " + mount.log())
+            time.sleep(0.2)
+        self.assertIn("which was not uploaded", mount.log())  # the first attempt met the lost xorb
+        self.assertEqual(mount.unmount().returncode, 0, mount.log())
+        fresh = new_mount(self, second, self.workspace, "alice/lost", name="c").start()
+        with open(fresh.path("b.bin"), "rb") as handle:
+            self.assertTrue(handle.read() == data)
+        self.assertEqual(fresh.unmount().returncode, 0)
+
+
 if __name__ == "__main__":
     sys.exit(unittest_runner.run(__name__))
