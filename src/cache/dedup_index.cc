@@ -1,5 +1,7 @@
 #include "bucketfs/cache/dedup_index.h"
 
+#include <algorithm>
+
 #include "format.h"
 
 namespace bucketfs::cache {
@@ -51,6 +53,37 @@ Result<std::vector<std::optional<DedupEntry>>> DedupIndex::get_many(std::span<co
     found.push_back(*entry);
   }
   return found;
+}
+
+Result<std::uint64_t> DedupIndex::forget_xorbs(std::span<const xet::Hash> xorbs) {
+  if (xorbs.empty()) return 0;
+  auto txn = store_->environment().begin_write();
+  if (!txn) return std::unexpected(format::store_error(txn.error()));
+  const auto& dbs = store_->databases();
+  // Collect first: views into LMDB pages die with the next write.
+  std::vector<std::pair<std::string, std::string>> victims;  // (chunk hash, order key)
+  {
+    auto cursor = txn->cursor(dbs.dedup);
+    if (!cursor) return std::unexpected(format::store_error(cursor.error()));
+    for (auto entry = cursor->first();; entry = cursor->next()) {
+      if (!entry) return std::unexpected(format::store_error(entry.error()));
+      if (!*entry) break;
+      const std::string_view value = (*entry)->second;
+      if (value.size() != format::kDedupValueSize) continue;
+      const xet::Hash xorb = format::get_hash(value.data());
+      if (std::find(xorbs.begin(), xorbs.end(), xorb) == xorbs.end()) continue;
+      const auto order = format::segment_key(format::get_le(value.data() + 40, 8));
+      victims.emplace_back(std::string((*entry)->first), std::string(order.data(), order.size()));
+    }
+  }
+  for (const auto& [chunk, order] : victims) {
+    if (auto erased = txn->erase(dbs.dedup, chunk); !erased) return std::unexpected(format::store_error(erased.error()));
+    if (auto erased = txn->erase(dbs.dedup_order, order); !erased) {
+      return std::unexpected(format::store_error(erased.error()));
+    }
+  }
+  if (auto committed = txn->commit(); !committed) return std::unexpected(format::store_error(committed.error()));
+  return victims.size();
 }
 
 Result<std::uint64_t> DedupIndex::size() const {

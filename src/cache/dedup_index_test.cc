@@ -75,6 +75,30 @@ TEST(DedupIndexTest, BoundDropsOldestInsertionsAndRefreshKeepsAnEntry) {
   for (std::uint64_t n = 51; n < 150; ++n) EXPECT_TRUE(dedup.get(chunk_named(n)).value()) << n;
 }
 
+TEST(DedupIndexTest, ForgetXorbsRemovesTheirEntriesAndKeepsTheBoundExact) {
+  bucketfs::testing::TempDir temp("bucketfs-cache-test");
+  DedupIndex dedup(open_store(temp.path(), 40));
+  std::vector<DedupRecord> records;
+  for (std::uint64_t n = 0; n < 40; ++n) records.push_back(record(n));  // xorbs 0..3, ten chunks each
+  ASSERT_TRUE(dedup.put_many(records));
+  const std::vector<xet::Hash> lost = {testing::xorb_named(1), testing::xorb_named(3), testing::xorb_named(99)};
+  EXPECT_EQ(dedup.forget_xorbs(lost).value_or(0), 20u);
+  EXPECT_EQ(dedup.size().value_or(0), 20u);
+  for (std::uint64_t n = 0; n < 40; ++n) {
+    const bool kept = n / 10 == 0 || n / 10 == 2;
+    EXPECT_EQ(dedup.get(chunk_named(n)).value().has_value(), kept) << n;
+  }
+  EXPECT_EQ(dedup.forget_xorbs(lost).value_or(99), 0u);
+  // The insertion order lost the same entries: filling past the bound trims exactly the oldest
+  // survivors (xorb 0's chunks), not the forgotten ones' stale order keys.
+  std::vector<DedupRecord> more;
+  for (std::uint64_t n = 100; n < 130; ++n) more.push_back(record(n));
+  ASSERT_TRUE(dedup.put_many(more));
+  EXPECT_EQ(dedup.size().value_or(0), 40u);
+  for (std::uint64_t n = 0; n < 10; ++n) EXPECT_FALSE(dedup.get(chunk_named(n)).value()) << n;
+  for (std::uint64_t n = 20; n < 30; ++n) EXPECT_TRUE(dedup.get(chunk_named(n)).value()) << n;
+}
+
 TEST(DedupIndexTest, SurvivesReopen) {
   bucketfs::testing::TempDir temp("bucketfs-cache-test");
   {

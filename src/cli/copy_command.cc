@@ -124,6 +124,11 @@ int upload(const CopyArgs& args, naming::BucketPath destination) {
   auto uploaded = uploader.upload_and_commit(destination.bucket, destination.path, source, mtime_ms);
   progress.finish();
   if (!uploaded) {
+    if (uploaded.error().stale_local_dedup) {
+      // Only a source that cannot be read again gets here (the uploader retried a file itself).
+      return fail(destination.uri() + ": " + uploaded.error().message +
+                  " (the server does not have xorbs the node's dedup index named; copy again)");
+    }
     if (uploaded.error().hub) return fail(explain(*uploaded.error().hub, destination.uri()));
     return fail(destination.uri() + ": " + uploaded.error().describe());
   }

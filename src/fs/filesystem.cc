@@ -1603,25 +1603,34 @@ void Filesystem::upload_group(const std::vector<Ino>& inos) {
     jobs.front().hash = uploaded.file.file_hash;
     xorb_bytes = uploaded.session.xorb_bytes_sent;
   } else {
-    const bool skip_local_dedup =
+    bool skip_local_dedup =
         std::any_of(jobs.begin(), jobs.end(), [](const Job& job) { return job.staged->skip_local_dedup; });
-    transfer::UploadSession session(*services_.write_cas, skip_local_dedup ? nullptr : services_.dedup_index,
-                                    options_.upload);
-    for (auto& job : jobs) {
-      auto added = session.add_file(staging_source(job.staged->fd.get(), job.size));
-      if (!added) {
-        failure = added.error();
-        break;
+    // A session refused for stale dedup index entries has had them removed: the second pass,
+    // without index lookups, is what a retry would do, without the wait and the EIO to fsync.
+    for (int pass = 0; pass < 2; ++pass) {
+      failure.reset();
+      transfer::UploadOptions upload_options = options_.upload;
+      upload_options.local_dedup_lookups = !skip_local_dedup;
+      transfer::UploadSession session(*services_.write_cas, services_.dedup_index, upload_options);
+      for (auto& job : jobs) {
+        auto added = session.add_file(staging_source(job.staged->fd.get(), job.size));
+        if (!added) {
+          failure = added.error();
+          break;
+        }
+        job.hash = added->file_hash;
       }
-      job.hash = added->file_hash;
-    }
-    if (!failure) {
-      auto finished = session.finish();
-      if (finished) {
-        xorb_bytes = finished->xorb_bytes_sent;
-      } else {
-        failure = finished.error();
+      if (!failure) {
+        auto finished = session.finish();
+        if (finished) {
+          xorb_bytes = finished->xorb_bytes_sent;
+        } else {
+          failure = finished.error();
+        }
       }
+      if (!failure || !failure->stale_local_dedup || skip_local_dedup) break;
+      log_line("upload refused by the server (" + failure->describe() + "); uploading again without dedup index lookups");
+      skip_local_dedup = true;
     }
   }
 

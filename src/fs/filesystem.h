@@ -96,7 +96,7 @@ struct Staged {
   std::atomic<std::uint64_t> committed_version{0};  // the version in the bucket; written under mutex_
   std::uint64_t failures = 0;           // upload attempts that failed
   // The server refused the last upload (400): it may have referenced, through the node's dedup
-  // index, a xorb the server no longer has; the next attempt does without that index.
+  // index, a xorb the server no longer has; the next attempt does without lookups in it.
   bool skip_local_dedup = false;
   unsigned attempts = 0;                // consecutive failures (backoff)
   bool queued = false;     // in the upload queue

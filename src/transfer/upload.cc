@@ -229,6 +229,7 @@ struct UploadSession::Impl {
   // -- xorb table and shard content (caller thread) --
   std::vector<xet::Hash> xorb_hashes;  // by id; a new xorb's hash is set when it is finished
   std::unordered_map<xet::Hash, std::size_t> external_ids;  // xorbs the session did not create
+  std::vector<xet::Hash> local_xorbs;                        // ... of them, found through dedup_index
   std::unordered_map<xet::Hash, Location> session_chunks;   // chunks of the session's new xorbs
   std::vector<KeyedChunks> answers;                          // global dedup knowledge
   std::vector<FileRecord> files;
@@ -590,6 +591,9 @@ struct UploadSession::Impl {
       f.stats.session_dedup_chunks++;
     } else if (local && local->size == chunk.size) {
       where = Location{external_id(local->xorb), local->chunk_index, chunk.size};
+      if (std::find(local_xorbs.begin(), local_xorbs.end(), local->xorb) == local_xorbs.end()) {
+        local_xorbs.push_back(local->xorb);
+      }
       f.stats.local_dedup_chunks++;
     } else if (auto found = find_in_answers(chunk.hash, chunk.size)) {
       where = found;
@@ -701,7 +705,7 @@ struct UploadSession::Impl {
   // Looks the block's new chunks up in the DedupIndex and queues global dedup queries for the
   // first chunk and every eligible chunk not known already.
   void classify(FileState& f, std::size_t first_new) {
-    if (dedup_index != nullptr && first_new < f.pending.size()) {
+    if (dedup_index != nullptr && options.local_dedup_lookups && first_new < f.pending.size()) {
       std::vector<xet::Hash> hashes;
       hashes.reserve(f.pending.size() - first_new);
       for (std::size_t i = first_new; i < f.pending.size(); ++i) hashes.push_back(f.pending[i].hash);
@@ -854,7 +858,18 @@ struct UploadSession::Impl {
     stats.shard_bytes = bytes->size();
     if (cancel.cancelled()) return fail(UploadErrorKind::cancelled, "upload cancelled");
     auto uploaded = cas.upload_shard(*bytes, &cancel);
-    if (!uploaded) return remote("upload shard", uploaded.error());
+    if (!uploaded) {
+      auto error = remote("upload shard", uploaded.error());
+      if (uploaded.error().kind == hub::HubErrorKind::invalid && dedup_index != nullptr && !local_xorbs.empty()) {
+        error.error().stale_local_dedup = true;
+        auto forgotten = dedup_index->forget_xorbs(local_xorbs);
+        error.error().message += forgotten ? "; dropped " + std::to_string(*forgotten) + " dedup index entries of " +
+                                                 std::to_string(local_xorbs.size()) + " xorbs it referenced"
+                                           : "; dropping the dedup index entries it referenced failed: " +
+                                                 forgotten.error().message;
+      }
+      return error;
+    }
     return stats;
   }
 };
@@ -925,12 +940,30 @@ Uploader::Uploader(hub::CasClient& cas, hub::HubClient& hub, cache::DedupIndex* 
     : cas_(cas), hub_(hub), dedup_index_(dedup_index), options_(options) {}
 
 UploadResult<UploadedFile> Uploader::upload(const UploadSource& source, const http::CancellationToken* cancel) {
-  UploadSession session(cas_, dedup_index_, options_);
-  auto file = session.add_file(source, cancel);
-  if (!file) return std::unexpected(file.error());
-  auto totals = session.finish(cancel);
-  if (!totals) return std::unexpected(totals.error());
-  return UploadedFile{*file, *totals};
+  auto attempt = [&](const UploadSource& from, UploadOptions options) -> UploadResult<UploadedFile> {
+    UploadSession session(cas_, dedup_index_, options);
+    auto file = session.add_file(from, cancel);
+    if (!file) return std::unexpected(file.error());
+    auto totals = session.finish(cancel);
+    if (!totals) return std::unexpected(totals.error());
+    return UploadedFile{*file, *totals};
+  };
+  auto uploaded = attempt(source, options_);
+  if (uploaded || !uploaded.error().stale_local_dedup || !source.seekable()) return uploaded;
+  // Once more from byte 0, through the positional reader, without index lookups.
+  auto offset = std::make_shared<std::uint64_t>(0);
+  const UploadSource again(
+      [offset, positional = source.positional()](std::span<std::byte> buffer) -> std::expected<std::size_t, std::string> {
+        auto got = (*positional)(*offset, buffer);
+        if (got) *offset += *got;
+        return got;
+      },
+      [positional = source.positional()](std::uint64_t at, std::span<std::byte> buffer) {
+        return (*positional)(at, buffer);
+      });
+  UploadOptions without_lookups = options_;
+  without_lookups.local_dedup_lookups = false;
+  return attempt(again, without_lookups);
 }
 
 UploadResult<void> Uploader::commit(const naming::BucketId& bucket, const std::string& path,

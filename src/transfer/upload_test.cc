@@ -184,6 +184,62 @@ TEST_F(UploadTest, EdgeSizesCommitTheRightHashAndBytes) {
   EXPECT_EQ((*entries)[0].mtime_ms, 1'700'000'000'000);
 }
 
+// The index names, for every chunk of `data`, a xorb the server never received (a wiped store,
+// a garbage-collected xorb, a cache dir shared between servers).
+void put_lost_entries(cache::DedupIndex& index, xet::ByteSpan data, const xet::Hash& lost) {
+  std::vector<cache::DedupRecord> records;
+  std::size_t offset = 0;
+  std::uint32_t chunk_index = 0;
+  for (const auto length : xet::chunk_lengths(data)) {
+    records.push_back({xet::chunk_hash(data.subspan(offset, length)),
+                       cache::DedupEntry{lost, chunk_index++, static_cast<std::uint32_t>(length)}});
+    offset += length;
+  }
+  ASSERT_TRUE(index.put_many(records));
+}
+
+TEST_F(UploadTest, StaleIndexEntriesAreDroppedAndASeekableSourceUploadsAgain) {
+  const auto data = random_data(3 * kMiB, 77);
+  const xet::Hash lost = xet::chunk_hash(xet::as_byte_span(std::string("a xorb the server lost")));
+  const xet::Hash elsewhere = xet::chunk_hash(xet::as_byte_span(std::string("another xorb")));
+  const xet::Hash unrelated_chunk = xet::chunk_hash(xet::as_byte_span(std::string("unrelated")));
+  auto index = open_index("cache");
+  ASSERT_TRUE(index->put_many(std::vector{cache::DedupRecord{unrelated_chunk, cache::DedupEntry{elsewhere, 0, 9}}}));
+  const xet::Hash first_chunk = xet::chunk_hash(xet::ByteSpan(data).subspan(0, xet::chunk_lengths(data).front()));
+  Uploader uploader(*cas_, *hub_, index.get());
+
+  // A sequential source cannot be read again: the caller gets the refusal, flagged, and the
+  // lost xorb's entries are gone (only those).
+  put_lost_entries(*index, data, lost);
+  CountingSource sequential{data};
+  auto refused = uploader.upload_and_commit(bucket_, "piped.bin", sequential.source());
+  ASSERT_FALSE(refused);
+  EXPECT_TRUE(refused.error().stale_local_dedup) << refused.error().describe();
+  ASSERT_TRUE(refused.error().hub);
+  EXPECT_EQ(refused.error().hub->kind, hub::HubErrorKind::invalid);
+  EXPECT_NE(refused.error().message.find("dropped"), std::string::npos) << refused.error().message;
+  EXPECT_FALSE(index->get(first_chunk).value());
+  EXPECT_TRUE(index->get(unrelated_chunk).value());
+  auto again = uploader.upload_and_commit(bucket_, "piped.bin", CountingSource{data}.source());
+  ASSERT_TRUE(again) << again.error().describe();
+  expect_bytes("piped.bin", data);
+
+  // A seekable source is uploaded again at once, without index lookups; its new xorbs are
+  // recorded in the index in place of the lost one.
+  const auto other = random_data(3 * kMiB, 78);
+  const xet::Hash other_first = xet::chunk_hash(xet::ByteSpan(other).subspan(0, xet::chunk_lengths(other).front()));
+  put_lost_entries(*index, other, lost);
+  auto done = uploader.upload_and_commit(bucket_, "file.bin", memory_source(other));
+  ASSERT_TRUE(done) << done.error().describe();
+  EXPECT_EQ(done->file.local_dedup_chunks, 0u);
+  EXPECT_EQ(done->file.new_chunk_bytes, other.size());
+  EXPECT_EQ(done->file.file_hash, expected_hash(other));
+  expect_bytes("file.bin", other);
+  auto recorded = index->get(other_first);
+  ASSERT_TRUE(recorded && *recorded);
+  EXPECT_NE((*recorded)->xorb, lost);
+}
+
 TEST_F(UploadTest, SmallPiecesAndFdSourceGiveTheSameHash) {
   // Read pieces barely larger than two chunks: chunks carried across many blocks.
   UploadOptions options;

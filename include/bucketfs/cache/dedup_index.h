@@ -45,6 +45,13 @@ class DedupIndex {
   Result<std::vector<std::optional<DedupEntry>>> get_many(std::span<const xet::Hash> chunks) const;
   Result<std::uint64_t> size() const;
 
+  // Removes every entry that points into one of `xorbs`, in one transaction, and returns how
+  // many it removed. For xorbs the server no longer has (it refused a shard referencing them):
+  // without this, every later upload of those chunks would be refused the same way. It scans the
+  // whole index (up to dedup_max_entries, about a second at the default bound), so it is meant
+  // for that rare case, not for routine trimming.
+  Result<std::uint64_t> forget_xorbs(std::span<const xet::Hash> xorbs);
+
  private:
   std::shared_ptr<NodeStore> store_;
 };

@@ -82,6 +82,11 @@ struct UploadError {
   UploadErrorKind kind = UploadErrorKind::internal;
   std::string message;               // one line, token-free
   std::optional<hub::HubError> hub;  // for kind remote
+  // The server refused the shard (400) and the session had referenced chunks through the node's
+  // DedupIndex: the index may name xorbs the server no longer has (its store was wiped, the xorb
+  // was garbage-collected, or the cache dir is shared with another server). Those xorbs'
+  // entries were removed from the index, so the same upload again does not reference them.
+  bool stale_local_dedup = false;
 
   std::string describe() const;
 };
@@ -172,6 +177,9 @@ struct UploadOptions {
   // flight ((parallel_uploads + 1) of them) at the cost of more POSTs and terms.
   std::size_t max_xorb_bytes = xet::kMaxXorbSize;
   bool global_dedup = true;          // ask the global dedup API for eligible chunks
+  // Look chunks up in the DedupIndex. false: the index only records the session's new xorbs
+  // (an upload again after UploadError::stale_local_dedup).
+  bool local_dedup_lookups = true;
   xet::CompressionPolicy compression = xet::CompressionPolicy::kPredicted;
   std::size_t read_piece = std::size_t{8} << 20;     // bytes per read into a block
   // Chunk bytes held for pending dedup answers. A sequential source decides the oldest chunks
@@ -262,7 +270,9 @@ class Uploader {
   // `cas` (write token of `bucket`'s CAS), `hub`, and `dedup_index` (may be null) must outlive it.
   Uploader(hub::CasClient& cas, hub::HubClient& hub, cache::DedupIndex* dedup_index, UploadOptions options = {});
 
-  // add_file + finish of a fresh session.
+  // add_file + finish of a fresh session. An upload refused for stale dedup index entries
+  // (UploadError::stale_local_dedup) is run once more, without index lookups, when the source
+  // is seekable; a sequential source's caller gets the error and may upload again.
   UploadResult<UploadedFile> upload(const UploadSource& source, const http::CancellationToken* cancel = nullptr);
 
   // One batch addFile of `path` -> `file_hash` (after its shard is uploaded).
