@@ -50,6 +50,7 @@ struct MountArgs {
   std::vector<std::string> fuse_options;
   std::string log_file;
   double drain_timeout = 60;
+  double fsync_retry = 60;
 };
 
 std::string runtime_dir() {
@@ -140,6 +141,7 @@ std::expected<void, std::string> absorb_options(MountArgs& args) {
         else if (key == "token_file") args.client.token_file = value;
         else if (key == "log_file") args.log_file = value;
         else if (key == "drain_timeout") args.drain_timeout = std::stod(value);
+        else if (key == "fsync_retry") args.fsync_retry = std::stod(value);
         else if (key == "foreground") args.foreground = true;
         else passed.push_back(option);
       } catch (const std::exception&) {
@@ -243,6 +245,7 @@ int run_daemon(const MountArgs& args, const naming::BucketPath& where, const std
   options.mountpoint = mountpoint;
   options.read_only = args.read_only;
   options.metadata_ttl = std::chrono::milliseconds(static_cast<std::int64_t>(args.metadata_ttl * 1000));
+  options.fsync_retry = std::chrono::milliseconds(static_cast<std::int64_t>(args.fsync_retry * 1000));
   options.staging_dir = stdfs::path(cache_dir) / "staging";
   options.fuse_options = args.fuse_options;
   fs::MountServices services{.hub = &(*client)->hub(),
@@ -414,6 +417,9 @@ int run_mount(MountArgs args) {
     return fail("mountpoint " + mountpoint.string() + " is not a directory");
   }
   if (auto ttl = args.metadata_ttl; !(ttl >= 0)) return fail("--metadata-ttl must be >= 0");
+  if (auto retry = args.fsync_retry; !(retry >= 0 && retry <= 86400)) {
+    return fail("--fsync-retry must be between 0 and 86400 seconds");
+  }
   if (::access("/dev/fuse", R_OK | W_OK) != 0) return fail("FUSE is not available (/dev/fuse cannot be opened)");
 
   const auto runtime = stdfs::path(runtime_dir());
@@ -586,6 +592,9 @@ void add_mount_options(CLI::App& command, MountArgs& args) {
   command.add_option("--log-file", args.log_file, "Where the daemon logs (default: beside its state file)");
   command.add_option("--drain-timeout", args.drain_timeout,
                      "Seconds unmount and SIGTERM wait for pending uploads (default 60)");
+  command.add_option("--fsync-retry", args.fsync_retry,
+                     "Seconds fsync waits through failed upload attempts before EIO (default 60; 0: EIO at "
+                     "the first failure)");
 }
 
 }  // namespace

@@ -65,6 +65,32 @@ void raise_to_max(std::atomic<std::uint64_t>& value, std::uint64_t candidate) {
   }
 }
 
+// Whether a failed request would fail the same way again: the token or the bucket is refused,
+// or the server refused what was sent. Network errors, 5xx, expired URLs and conflicts may pass.
+bool retrying_cannot_help(const hub::HubError& error) {
+  switch (error.kind) {
+    case hub::HubErrorKind::unauthorized:
+    case hub::HubErrorKind::forbidden:
+    case hub::HubErrorKind::bucket_not_found:
+    case hub::HubErrorKind::invalid:
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool retrying_cannot_help(const transfer::UploadError& error) {
+  switch (error.kind) {
+    case transfer::UploadErrorKind::remote:
+      return error.hub && retrying_cannot_help(*error.hub);
+    case transfer::UploadErrorKind::rejected:
+    case transfer::UploadErrorKind::internal:
+      return true;
+    default:
+      return false;  // source (the staging file changed while read), cancelled
+  }
+}
+
 std::chrono::seconds backoff(unsigned attempts) {
   return std::chrono::seconds(std::min<unsigned>(60, 1u << std::min(attempts, 6u)));
 }
@@ -1346,14 +1372,26 @@ void Filesystem::journal_remove(const std::shared_ptr<Staged>& staged) {
 
 FsResult<void> Filesystem::wait_committed(std::unique_lock<std::mutex>& lock, const std::shared_ptr<Staged>& staged,
                                           std::uint64_t version) {
-  const std::uint64_t failures_before = staged->failures;
-  committed_.wait(lock, [&] {
-    return stopping_ || staged->committed_version >= version || staged->failures > failures_before ||
-           staged->abandoned;
-  });
-  if (staged->committed_version >= version || staged->abandoned) return {};
-  // Not committed: the upload failed (it is retried in the background), or we are stopping.
-  return std::unexpected(EIO);
+  std::optional<Clock::time_point> give_up;  // set at the first failure seen
+  for (;;) {
+    const std::uint64_t failures_before = staged->failures;
+    auto settled = [&] {
+      return stopping_ || staged->committed_version >= version || staged->failures > failures_before ||
+             staged->abandoned;
+    };
+    if (give_up) {
+      committed_.wait_until(lock, *give_up, settled);
+    } else {
+      committed_.wait(lock, settled);
+    }
+    if (staged->committed_version >= version || staged->abandoned) return {};
+    if (stopping_) return std::unexpected(EIO);
+    // An attempt failed (the upload is retried in the background with backoff), or the time
+    // to give up came while waiting for the next attempt.
+    if (staged->failures > failures_before && staged->last_failure_permanent) return std::unexpected(EIO);
+    if (!give_up) give_up = Clock::now() + options_.fsync_retry;
+    if (Clock::now() >= *give_up) return std::unexpected(EIO);
+  }
 }
 
 FsResult<void> Filesystem::fsync(std::uint64_t id) {
@@ -1430,7 +1468,8 @@ FsResult<std::string> Filesystem::xattr(Ino ino, const std::string& name) {
   return std::unexpected(ENODATA);
 }
 
-FsResult<void> Filesystem::commit_batch(const std::vector<hub::BatchOperation>& operations, const std::string& what) {
+FsResult<void> Filesystem::commit_batch(const std::vector<hub::BatchOperation>& operations, const std::string& what,
+                                        bool* permanent) {
   {
     std::lock_guard lock(mutex_);
     ++batches_in_flight_;
@@ -1443,6 +1482,7 @@ FsResult<void> Filesystem::commit_batch(const std::vector<hub::BatchOperation>& 
   }
   if (!result) {
     log_line(what + " failed: " + result.error().describe());
+    if (permanent != nullptr) *permanent = retrying_cannot_help(result.error());
     std::lock_guard lock(mutex_);
     status_.last_error = what + " failed: " + result.error().describe();
     return std::unexpected(EIO);
@@ -1450,6 +1490,7 @@ FsResult<void> Filesystem::commit_batch(const std::vector<hub::BatchOperation>& 
   if (!result->success) {
     std::string reason = result->failed.empty() ? std::string("refused") : result->failed.front().error;
     log_line(what + " was refused: " + reason);
+    if (permanent != nullptr) *permanent = true;
     std::lock_guard lock(mutex_);
     status_.last_error = what + " was refused: " + reason;
     return std::unexpected(EIO);
@@ -1638,7 +1679,8 @@ void Filesystem::upload_group(const std::vector<Ino>& inos) {
   std::unique_lock lock(mutex_);
   // What happens to a job that is not committed: a file changed meanwhile goes again (that is
   // not a failure); otherwise it is retried with backoff and fsync waiters get EIO.
-  auto not_committed = [&](Job& job, const std::optional<std::string>& error) {  // REQUIRES: mutex_ held
+  auto not_committed = [&](Job& job, const std::optional<std::string>& error,
+                           bool permanent) {  // REQUIRES: mutex_ held
     Node* node = find(job.ino);
     if (node == nullptr || !node->attached || node->staged != job.staged) return;  // deleted or replaced
     if (job.staged->version.load() != job.version) {
@@ -1649,6 +1691,7 @@ void Filesystem::upload_group(const std::vector<Ino>& inos) {
     ++status_.upload_failures;
     status_.last_error = *error;
     ++job.staged->failures;
+    job.staged->last_failure_permanent = permanent;
     ++job.staged->attempts;
     enqueue(*node, Clock::now() + backoff(job.staged->attempts));
   };
@@ -1670,7 +1713,7 @@ void Filesystem::upload_group(const std::vector<Ino>& inos) {
         log_line("upload of " + what + " failed (will retry): " + failure->describe());
         logged = true;
       }
-      not_committed(job, "upload of " + what + " failed: " + failure->describe());
+      not_committed(job, "upload of " + what + " failed: " + failure->describe(), retrying_cannot_help(*failure));
     }
     finish();
     return;
@@ -1680,7 +1723,7 @@ void Filesystem::upload_group(const std::vector<Ino>& inos) {
     Node* node = find(job.ino);
     if (node == nullptr || !node->attached || node->staged != job.staged ||
         job.staged->version.load() != job.version) {
-      not_committed(job, std::nullopt);
+      not_committed(job, std::nullopt, false);
       continue;
     }
     job.commit = true;
@@ -1701,11 +1744,12 @@ void Filesystem::upload_group(const std::vector<Ino>& inos) {
                                                               })->path + "'"
                                            : "committing " + std::to_string(committing) + " files";
   lock.unlock();
-  auto committed = commit_batch(operations, what);
+  bool permanent = false;
+  auto committed = commit_batch(operations, what, &permanent);
   lock.lock();
   if (!committed) {
     for (auto& job : jobs) {
-      if (job.commit) not_committed(job, status_.last_error);
+      if (job.commit) not_committed(job, status_.last_error, permanent);
     }
     finish();
     return;

@@ -95,6 +95,7 @@ struct Staged {
   std::atomic<std::int64_t> mtime_ms{0};
   std::atomic<std::uint64_t> committed_version{0};  // the version in the bucket; written under mutex_
   std::uint64_t failures = 0;           // upload attempts that failed
+  bool last_failure_permanent = false;  // ... and the last one cannot be fixed by retrying
   // The server refused the last upload (400): it may have referenced, through the node's dedup
   // index, a xorb the server no longer has; the next attempt does without lookups in it.
   bool skip_local_dedup = false;
@@ -263,7 +264,9 @@ class Filesystem {
   // REQUIRES: lock held; may release it.
   FsResult<void> copy_on_write(std::unique_lock<std::mutex>& lock, Ino ino, bool truncate);
   FsResult<void> check_name(const Node& parent, const std::string& name) const;
-  // Waits until `staged` is committed at a version >= `version`; EIO when its upload failed.
+  // Waits until `staged` is committed at a version >= `version`. EIO when its upload failed and
+  // cannot succeed by retrying, or has gone on failing for options_.fsync_retry since the first
+  // failure this wait saw, or the mount is stopping.
   FsResult<void> wait_committed(std::unique_lock<std::mutex>& lock, const std::shared_ptr<Staged>& staged,
                                 std::uint64_t version);
   // Makes a dirty staged file durable: fdatasync, then its journal record. Releases the lock
@@ -273,7 +276,10 @@ class Filesystem {
   // False (logged) when the record could not be written.
   bool journal_put(const std::shared_ptr<Staged>& staged, const std::string& path);
   void journal_remove(const std::shared_ptr<Staged>& staged);
-  FsResult<void> commit_batch(const std::vector<hub::BatchOperation>& operations, const std::string& what);
+  // One batch; EIO (logged, status_.last_error) when it failed or was refused. `permanent`, when
+  // given, tells whether retrying cannot help (refused operations, a token or bucket refused).
+  FsResult<void> commit_batch(const std::vector<hub::BatchOperation>& operations, const std::string& what,
+                              bool* permanent = nullptr);
 
   // Bookkeeping of a write for streaming; may start the stream.
   void note_write(const std::shared_ptr<Staged>& staged, std::uint64_t offset, std::size_t length);

@@ -374,6 +374,100 @@ class FaultsTest(unittest.TestCase):
               "next fsync; an interrupted read %s" % how, file=sys.stderr, flush=True)
 
 
+class FsyncRetryTest(unittest.TestCase):
+    """fsync means "in the bucket": it waits through failed upload attempts (a server restart, a
+    network blip longer than one request's retries) for --fsync-retry seconds, and answers EIO at
+    once only when retrying cannot help."""
+
+    def setUp(self):
+        self.workspace = Workspace("faults-fsync")
+        self.addCleanup(self.workspace.cleanup)
+
+    @staticmethod
+    def failures(mount):
+        mine = [s for s in mount.status() if s.get("mountpoint") == os.path.realpath(mount.mountpoint)]
+        return mine[0]["upload_failures"] if mine else 0
+
+    @staticmethod
+    def written(path, data):
+        """A file opened and written while the server answers (creating a name needs a listing)."""
+        handle = open(path, "wb")
+        handle.write(data)
+        handle.flush()
+        return handle
+
+    def fsync_in_thread(self, handle):
+        outcome = {}
+
+        def run():
+            started = time.monotonic()
+            try:
+                os.fsync(handle.fileno())
+                outcome["ok"] = True
+            except OSError as error:
+                outcome["errno"] = error.errno
+            outcome["seconds"] = time.monotonic() - started
+            handle.close()
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread, outcome
+
+    def wait_for_a_failure(self, mount):
+        deadline = time.monotonic() + 60
+        while self.failures(mount) == 0:
+            self.assertLess(time.monotonic(), deadline, "no upload attempt failed: " + mount.log())
+            time.sleep(0.2)
+
+    def test_fsync_waits_through_a_server_outage(self):
+        server = start(self, "faults-fsync-outage")
+        create_bucket(server, "alice/fsync")
+        mount = new_mount(self, server, self.workspace, "alice/fsync", name="m").start()
+        data = random.Random(11).randbytes(4 * MiB)
+        handle = self.written(mount.path("a.bin"), data)
+        server.kill()
+        thread, outcome = self.fsync_in_thread(handle)
+        self.wait_for_a_failure(mount)  # one whole attempt (its requests' retries) failed
+        self.assertTrue(thread.is_alive(), "fsync returned at the first failed attempt: %r" % outcome)
+        server.restart_on_same_port()
+        thread.join(timeout=90)
+        self.assertFalse(thread.is_alive(), "fsync still waits after the server came back")
+        self.assertEqual(outcome.get("ok"), True, "%r %s" % (outcome, mount.log()))
+        listed = api.request("POST", "/api/buckets/alice/fsync/paths-info", {"paths": ["a.bin"]},
+                             token=api.ALICE_W, server=server).json()
+        self.assertEqual(listed[0]["size"], len(data))
+        self.assertEqual(mount.unmount().returncode, 0, mount.log())
+
+        # --fsync-retry 0: EIO at the first failed attempt, as before this option existed.
+        impatient = new_mount(self, server, self.workspace, "alice/fsync", name="z").start("--fsync-retry", "0")
+        handle = self.written(impatient.path("b.bin"), data)
+        server.kill()
+        thread, outcome = self.fsync_in_thread(handle)
+        thread.join(timeout=60)
+        self.assertFalse(thread.is_alive(), "fsync with --fsync-retry 0 waits on")
+        self.assertEqual(outcome.get("errno"), errno.EIO, outcome)
+        server.restart_on_same_port()
+        self.assertEqual(impatient.unmount().returncode, 0, impatient.log())  # drained: b.bin commits
+        listed = api.request("POST", "/api/buckets/alice/fsync/paths-info", {"paths": ["b.bin"]},
+                             token=api.ALICE_W, server=server).json()
+        self.assertEqual(listed[0]["size"], len(data))
+
+    def test_fsync_answers_eio_at_once_when_retrying_cannot_help(self):
+        server = start(self, "faults-fsync-gone")
+        create_bucket(server, "alice/gone")
+        mount = new_mount(self, server, self.workspace, "alice/gone", name="g").start("--drain-timeout", "1")
+        handle = self.written(mount.path("a.bin"), b"x" * 1000)
+        reply = api.request("DELETE", "/api/buckets/alice/gone", token=api.ALICE_W, server=server)
+        self.assertEqual(reply.status, 200, reply)
+        thread, outcome = self.fsync_in_thread(handle)
+        thread.join(timeout=40)  # far below the 60 s default window
+        self.assertFalse(thread.is_alive(), "fsync waits on a bucket that is gone")
+        self.assertEqual(outcome.get("errno"), errno.EIO, outcome)
+        self.assertLess(outcome["seconds"], 30, outcome)
+        self.assertIn("bucket not found", mount.log())
+        mount.unmount()
+
+
 class LostXorbsTest(unittest.TestCase):
     """The node's dedup index remembers where this node stored each chunk. A server that lost
     those xorbs (its store wiped, or a xorb garbage-collected) refuses a shard that references

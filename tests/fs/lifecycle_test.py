@@ -103,6 +103,11 @@ class LifecycleTest(unittest.TestCase):
         open(not_a_dir, "w").close()
         mount, result = attempt(bucket, mountpoint=not_a_dir, name="file-mountpoint")
         self.assertOneLineFailure(result, "not a directory")
+        for value in ("-1", "nan", "100000"):
+            mount = harness.new_mount(self, server, workspace, bucket, name="bad-fsync-retry")
+            result = mount.mount("--fsync-retry", value)
+            self.assertOneLineFailure(result, "--fsync-retry")
+            self.assertFalse(mount.is_mounted())
         # Busy: a second mount on the same folder fails, and the first keeps working.
         first = harness.new_mount(self, server, workspace, bucket, name="busy").start()
         with open(first.path("hello.txt"), "w") as handle:

@@ -49,6 +49,11 @@ struct MountOptions {
   std::filesystem::path mountpoint;
   bool read_only = false;
   std::chrono::milliseconds metadata_ttl{10'000};
+  // How long fsync (and a directory rename waiting for uploads) goes on waiting through failed
+  // upload attempts, counted from the first failure it sees, before it answers EIO. A failure
+  // retrying cannot fix (the token or the bucket refused, the server refused the upload) is EIO
+  // at once. Zero: EIO at the first failed attempt.
+  std::chrono::milliseconds fsync_retry{60'000};
   // Where staging files live (created 0700), shared with other daemons on the same cache dir.
   std::filesystem::path staging_dir;
   // FUSE mount options passed through (-o), e.g. "allow_other". default_permissions is always on.
