@@ -57,33 +57,43 @@ Result<std::vector<std::optional<DedupEntry>>> DedupIndex::get_many(std::span<co
 
 Result<std::uint64_t> DedupIndex::forget_xorbs(std::span<const xet::Hash> xorbs) {
   if (xorbs.empty()) return 0;
-  auto txn = store_->environment().begin_write();
-  if (!txn) return std::unexpected(format::store_error(txn.error()));
   const auto& dbs = store_->databases();
-  // Collect first: views into LMDB pages die with the next write.
-  std::vector<std::pair<std::string, std::string>> victims;  // (chunk hash, order key)
+  auto names_lost_xorb = [&](std::string_view value) {
+    return value.size() == format::kDedupValueSize &&
+           std::find(xorbs.begin(), xorbs.end(), format::get_hash(value.data())) != xorbs.end();
+  };
+  // The scan runs in a read transaction: the environment's one writer (journal records of
+  // closes among them) is held only for the erasures.
+  std::vector<std::string> chunks;
   {
+    auto txn = store_->environment().begin_read();
+    if (!txn) return std::unexpected(format::store_error(txn.error()));
     auto cursor = txn->cursor(dbs.dedup);
     if (!cursor) return std::unexpected(format::store_error(cursor.error()));
     for (auto entry = cursor->first();; entry = cursor->next()) {
       if (!entry) return std::unexpected(format::store_error(entry.error()));
       if (!*entry) break;
-      const std::string_view value = (*entry)->second;
-      if (value.size() != format::kDedupValueSize) continue;
-      const xet::Hash xorb = format::get_hash(value.data());
-      if (std::find(xorbs.begin(), xorbs.end(), xorb) == xorbs.end()) continue;
-      const auto order = format::segment_key(format::get_le(value.data() + 40, 8));
-      victims.emplace_back(std::string((*entry)->first), std::string(order.data(), order.size()));
+      if (names_lost_xorb((*entry)->second)) chunks.emplace_back((*entry)->first);
     }
   }
-  for (const auto& [chunk, order] : victims) {
-    if (auto erased = txn->erase(dbs.dedup, chunk); !erased) return std::unexpected(format::store_error(erased.error()));
-    if (auto erased = txn->erase(dbs.dedup_order, order); !erased) {
+  if (chunks.empty()) return 0;
+  auto txn = store_->environment().begin_write();
+  if (!txn) return std::unexpected(format::store_error(txn.error()));
+  std::uint64_t removed = 0;
+  for (const std::string& chunk : chunks) {
+    // Looked up again: a put since the scan may have pointed the chunk elsewhere.
+    auto value = txn->get(dbs.dedup, chunk);
+    if (!value) return std::unexpected(format::store_error(value.error()));
+    if (!*value || !names_lost_xorb(**value)) continue;
+    const auto order = format::segment_key(format::get_le((*value)->data() + 40, 8));
+    if (auto erased = txn->erase(dbs.dedup_order, {order.data(), order.size()}); !erased) {
       return std::unexpected(format::store_error(erased.error()));
     }
+    if (auto erased = txn->erase(dbs.dedup, chunk); !erased) return std::unexpected(format::store_error(erased.error()));
+    ++removed;
   }
   if (auto committed = txn->commit(); !committed) return std::unexpected(format::store_error(committed.error()));
-  return victims.size();
+  return removed;
 }
 
 Result<std::uint64_t> DedupIndex::size() const {

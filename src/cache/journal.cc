@@ -62,6 +62,10 @@ std::string encode_journal_record(const JournalRecord& record) {
       {"sequence", record.sequence},
   };
   if (record.base) value["base"] = record.base->to_string();
+  if (!record.also_bases.empty()) {
+    auto& list = value["also_bases"] = nlohmann::json::array();
+    for (const auto& hash : record.also_bases) list.push_back(hash.to_string());
+  }
   return value.dump();
 }
 
@@ -83,6 +87,13 @@ Result<JournalRecord> decode_journal_record(std::string_view key, std::string_vi
       auto hash = xet::Hash::from_string(json.at("base").get<std::string>());
       if (!hash) throw std::runtime_error("base is not a hash");
       record.base = *hash;
+    }
+    if (json.contains("also_bases")) {
+      for (const auto& item : json.at("also_bases")) {
+        auto hash = xet::Hash::from_string(item.get<std::string>());
+        if (!hash) throw std::runtime_error("also_bases holds a non-hash");
+        record.also_bases.push_back(*hash);
+      }
     }
     return record;
   } catch (const std::exception& error) {
@@ -108,12 +119,20 @@ Result<void> Journal::put(JournalRecord record) {
 }
 
 Result<void> Journal::remove(const std::string& staging_name) {
+  return remove_many(std::span<const std::string>(&staging_name, 1));
+}
+
+Result<void> Journal::remove_many(std::span<const std::string> staging_names) {
   {
     auto txn = store_->environment().begin_write();
     if (!txn) return std::unexpected(format::store_error(txn.error()));
-    auto erased = txn->erase(store_->databases().journal, staging_name);
-    if (!erased) return std::unexpected(format::store_error(erased.error()));
-    if (!*erased) return {};
+    bool any = false;
+    for (const std::string& name : staging_names) {
+      auto erased = txn->erase(store_->databases().journal, name);
+      if (!erased) return std::unexpected(format::store_error(erased.error()));
+      any = any || *erased;
+    }
+    if (!any) return {};
     if (auto committed = txn->commit(); !committed) return std::unexpected(format::store_error(committed.error()));
   }
   return store_->sync();

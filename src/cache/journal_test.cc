@@ -54,6 +54,45 @@ TEST(JournalTest, PutListRemoveSurviveReopen) {
   EXPECT_EQ((*listed)[0].staging_name, "f2");
 }
 
+TEST(JournalTest, AlsoBasesRoundTripAndAreOptional) {
+  auto with = record("f1", "latest.bin");
+  with.also_bases = {xet::chunk_hash(xet::as_byte_span(std::string("b"))),
+                     xet::chunk_hash(xet::as_byte_span(std::string("c")))};
+  auto decoded = decode_journal_record("f1", encode_journal_record(with));
+  ASSERT_TRUE(decoded) << decoded.error().message;
+  EXPECT_EQ(decoded->also_bases, with.also_bases);
+  const auto without = encode_journal_record(record("f2", "x"));
+  EXPECT_EQ(without.find("also_bases"), std::string::npos);  // records as before the field existed
+  decoded = decode_journal_record("f2", without);
+  ASSERT_TRUE(decoded);
+  EXPECT_TRUE(decoded->also_bases.empty());
+  auto bad = decode_journal_record("f3", R"({"bucket":"a/b","path":"p","mtime_ms":1,"size":1,)"
+                                         R"("owner":{"pid":1,"start":1,"boot":"x"},"also_bases":["zz"]})");
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message.find("f3"), std::string::npos);
+}
+
+TEST(JournalTest, RemoveManyDropsTheNamedRecordsOnly) {
+  bucketfs::testing::TempDir temp("bucketfs-journal-test");
+  {
+    auto store = NodeStore::open(temp.path());
+    ASSERT_TRUE(store) << store.error().message;
+    Journal journal(*store);
+    for (int i = 0; i < 6; ++i) ASSERT_TRUE(journal.put(record("f" + std::to_string(i), "p" + std::to_string(i))));
+    const std::vector<std::string> names = {"f1", "absent", "f4", "f2"};
+    ASSERT_TRUE(journal.remove_many(names));
+    ASSERT_TRUE(journal.remove_many(std::vector<std::string>{"absent"}));
+    ASSERT_TRUE(journal.remove_many({}));
+  }
+  auto store = NodeStore::open(temp.path());
+  ASSERT_TRUE(store);
+  auto listed = Journal(*store).list();
+  ASSERT_TRUE(listed) << listed.error().message;
+  std::vector<std::string> left;
+  for (const auto& r : *listed) left.push_back(r.staging_name);
+  EXPECT_EQ(left, (std::vector<std::string>{"f0", "f3", "f5"}));
+}
+
 TEST(JournalTest, OwnerAliveOnlyWhileItsProcessRuns) {
   EXPECT_TRUE(Owner::self().alive());
   const pid_t child = ::fork();

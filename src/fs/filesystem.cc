@@ -91,6 +91,12 @@ bool retrying_cannot_help(const transfer::UploadError& error) {
   }
 }
 
+// Files up to this size are grouped for upload (see enqueue_closed and upload_worker).
+constexpr std::uint64_t kSmallFile = std::uint64_t{4} << 20;
+constexpr std::chrono::milliseconds kSmallFileLinger{20};
+// The longest wait before retrying a failed upload that an fsync waits for.
+constexpr std::chrono::seconds kWaitedRetry{5};
+
 std::chrono::seconds backoff(unsigned attempts) {
   return std::chrono::seconds(std::min<unsigned>(60, 1u << std::min(attempts, 6u)));
 }
@@ -270,11 +276,25 @@ bool Filesystem::has_local_state(const Node& node) const {
 }
 
 void Filesystem::enqueue(Node& node, Clock::time_point not_before) {
-  if (!node.staged || node.staged->queued || workers_.empty()) return;
+  if (!node.staged || workers_.empty()) return;
+  if (node.staged->queued) {
+    for (auto& [when, ino] : queue_) {
+      if (ino == node.ino && not_before < when) {
+        when = not_before;
+        work_.notify_one();
+      }
+    }
+    return;
+  }
   node.staged->queued = true;
   queue_.emplace_back(not_before, node.ino);
   ++status_.pending_uploads;  // recomputed by status(); a hint for the workers only
   work_.notify_one();
+}
+
+void Filesystem::enqueue_closed(Node& node) {
+  const bool small = node.staged && node.staged->size.load() <= kSmallFile;
+  enqueue(node, small ? Clock::now() + kSmallFileLinger : Clock::time_point{});
 }
 
 FsResult<void> Filesystem::check_name(const Node& parent, const std::string& name) const {
@@ -440,12 +460,22 @@ FsResult<std::shared_ptr<Staged>> Filesystem::new_staged() {
   return staged;
 }
 
+std::vector<xet::Hash> Filesystem::also_bases_for_new_version(const Node& node, const Staged* copied_from) {
+  std::vector<xet::Hash> bases;
+  if (copied_from != nullptr) bases = copied_from->also_bases;
+  if (node.commit_in_flight) bases.push_back(*node.commit_in_flight);
+  constexpr std::size_t kMaxAlsoBases = 8;  // a longer chain of versions each made mid-commit is not expected
+  if (bases.size() > kMaxAlsoBases) bases.erase(bases.begin(), bases.end() - kMaxAlsoBases);
+  return bases;
+}
+
 FsResult<void> Filesystem::copy_on_write(std::unique_lock<std::mutex>& lock, Ino ino, bool truncate) {
   auto fresh = new_staged();
   if (!fresh) return std::unexpected(fresh.error());
   Node* node = find(ino);
   auto old = node->staged;
   (*fresh)->base = old->base;
+  (*fresh)->also_bases = also_bases_for_new_version(*node, old.get());
   (*fresh)->mtime_ms = old->mtime_ms.load();
   (*fresh)->version = 1;  // differs from the bucket until committed
   if (!truncate) {
@@ -590,6 +620,7 @@ FsResult<Attributes> Filesystem::set_size(Ino ino, std::uint64_t size) {
     }
     (*staged)->mtime_ms = node->remote_mtime_ms;
     if (node->remote_exists) (*staged)->base = node->hash;
+    (*staged)->also_bases = also_bases_for_new_version(*node, nullptr);
     if (!node->staged) node->staged = std::move(*staged);
   }
   auto& staged = *node->staged;
@@ -849,10 +880,11 @@ FsResult<void> Filesystem::rename(Ino parent, const std::string& name, Ino new_p
     stack.pop_back();
     if (!at->directory) {
       if (at->remote_exists) at->remote_path = path_of(*at);
-      if (at->staged && at->staged->journaled) records.emplace_back(at->staged, path_of(*at));
+      // Oldest first: each put stamps a new sequence, and recovery keeps the highest of a path.
       for (const auto& old : at->superseded) {
         if (old->journaled) records.emplace_back(old, path_of(*at));
       }
+      if (at->staged && at->staged->journaled) records.emplace_back(at->staged, path_of(*at));
       continue;
     }
     for (const auto& [child_name, child_ino] : at->children) {
@@ -966,6 +998,7 @@ FsResult<OpenedFile> Filesystem::open(Ino ino, int flags, Caller caller) {
         ++(*staged)->version;  // emptied
       }
       if (node->remote_exists) (*staged)->base = node->hash;
+      (*staged)->also_bases = also_bases_for_new_version(*node, nullptr);
       if (!node->staged) node->staged = std::move(*staged);
     }
   }
@@ -1160,6 +1193,7 @@ FsResult<std::shared_ptr<Staged>> Filesystem::staged_for_write(std::unique_lock<
     }
     (*staged)->mtime_ms = node->remote_mtime_ms;
     if (node->remote_exists) (*staged)->base = node->hash;
+    (*staged)->also_bases = also_bases_for_new_version(*node, nullptr);
     if (!node->staged) node->staged = std::move(*staged);  // unchanged bytes: not dirty until written
   }
   handle = handle_of();
@@ -1303,7 +1337,7 @@ FsResult<void> Filesystem::flush(std::uint64_t id, Caller caller) {
   // close(2) returns once the bytes and their journal record are on disk (DESIGN.md contract).
   if (auto ok = persist(lock, ino); !ok) return ok;
   node = find(ino);
-  if (node != nullptr && node->attached && node->staged && node->staged->dirty()) enqueue(*node);
+  if (node != nullptr && node->attached && node->staged && node->staged->dirty()) enqueue_closed(*node);
   return {};
 }
 
@@ -1348,6 +1382,7 @@ bool Filesystem::journal_put(const std::shared_ptr<Staged>& staged, const std::s
   record.bucket = options_.bucket.str();
   record.path = path;
   record.base = staged->base;
+  record.also_bases = staged->also_bases;
   record.mtime_ms = staged->mtime_ms.load();
   record.size = staged->size.load();
   record.owner = owner_;
@@ -1361,18 +1396,42 @@ bool Filesystem::journal_put(const std::shared_ptr<Staged>& staged, const std::s
 }
 
 void Filesystem::journal_remove(const std::shared_ptr<Staged>& staged) {
-  if (services_.journal == nullptr) return;
-  std::lock_guard journal_lock(staged->journal_mutex);
-  // A newer version (written after the commit) keeps its record.
-  if (staged->dirty() && !staged->abandoned) return;
-  if (auto removed = services_.journal->remove(staged->name); !removed) {
-    log_line("journal: dropping the record of " + staged->name + " failed: " + removed.error().message);
+  journal_remove(std::span<const std::shared_ptr<Staged>>(&staged, 1));
+}
+
+void Filesystem::journal_remove(std::span<const std::shared_ptr<Staged>> stageds) {
+  if (services_.journal == nullptr || stageds.empty()) return;
+  // Every record's journal_mutex is held across its check and the removal, so a record a newer
+  // version rewrites meanwhile is not dropped. Taken in address order: no two callers deadlock.
+  std::vector<Staged*> ordered;
+  for (const auto& staged : stageds) ordered.push_back(staged.get());
+  std::sort(ordered.begin(), ordered.end());
+  ordered.erase(std::unique(ordered.begin(), ordered.end()), ordered.end());
+  std::vector<std::unique_lock<std::mutex>> locks;
+  locks.reserve(ordered.size());
+  std::vector<std::string> names;
+  for (Staged* staged : ordered) {
+    locks.emplace_back(staged->journal_mutex);
+    // A newer version (written after the commit) keeps its record.
+    if (staged->dirty() && !staged->abandoned) continue;
+    names.push_back(staged->name);
+  }
+  if (names.empty()) return;
+  if (auto removed = services_.journal->remove_many(names); !removed) {
+    log_line("journal: dropping the records of " +
+             (names.size() == 1 ? names.front() : std::to_string(names.size()) + " files") +
+             " failed: " + removed.error().message);
   }
 }
 
 FsResult<void> Filesystem::wait_committed(std::unique_lock<std::mutex>& lock, const std::shared_ptr<Staged>& staged,
                                           std::uint64_t version) {
   std::optional<Clock::time_point> give_up;  // set at the first failure seen
+  ++staged->commit_waiters;
+  struct Leave {
+    Staged& staged;
+    ~Leave() { --staged.commit_waiters; }
+  } leave{*staged};
   for (;;) {
     const std::uint64_t failures_before = staged->failures;
     auto settled = [&] {
@@ -1431,7 +1490,7 @@ void Filesystem::release(std::uint64_t id) {
       if (handle->direct) --node->direct_handles;
       if (node->staged && node->attached) {
         if (node->staged->dirty()) {
-          if (node->open_writers == 0) enqueue(*node);
+          if (node->open_writers == 0) enqueue_closed(*node);
         } else if (node->open_handles == 0) {
           node->staged.reset();  // committed and nobody has it open: the bucket has it all
         }
@@ -1504,7 +1563,6 @@ void Filesystem::upload_worker() {
   // Small files closed close together are uploaded together: one upload session (one shard) and
   // one batch commit for the group, instead of three requests and a session per file.
   constexpr std::size_t kGroupFiles = 256;
-  constexpr std::uint64_t kSmallFile = std::uint64_t{4} << 20;
   constexpr std::uint64_t kGroupBytes = std::uint64_t{64} << 20;
   auto small_size = [&](Ino ino) -> std::optional<std::uint64_t> {  // REQUIRES: mutex_ held
     Node* node = find(ino);
@@ -1531,7 +1589,8 @@ void Filesystem::upload_worker() {
     if (auto first = small_size(group.front()); first) {
       std::uint64_t bytes = *first;
       for (auto it = queue_.begin(); it != queue_.end() && group.size() < kGroupFiles;) {
-        auto size = it->first <= now ? small_size(it->second) : std::nullopt;
+        // Files still lingering after their close join too; those waiting out a backoff do not.
+        auto size = it->first <= now + kSmallFileLinger ? small_size(it->second) : std::nullopt;
         if (size && bytes + *size <= kGroupBytes &&
             std::find(group.begin(), group.end(), it->second) == group.end()) {
           bytes += *size;
@@ -1693,7 +1752,11 @@ void Filesystem::upload_group(const std::vector<Ino>& inos) {
     ++job.staged->failures;
     job.staged->last_failure_permanent = permanent;
     ++job.staged->attempts;
-    enqueue(*node, Clock::now() + backoff(job.staged->attempts));
+    // While an fsync waits, a retry is at most kWaitedRetry away, so its --fsync-retry window
+    // holds several attempts (the plain backoff reaches 32 s by the fifth).
+    auto delay = std::chrono::duration_cast<Clock::duration>(backoff(job.staged->attempts));
+    if (job.staged->commit_waiters > 0) delay = std::min<Clock::duration>(delay, kWaitedRetry);
+    enqueue(*node, Clock::now() + delay);
   };
   auto finish = [&] {  // REQUIRES: mutex_ held
     for (auto& job : jobs) job.staged->uploading = false;
@@ -1727,6 +1790,7 @@ void Filesystem::upload_group(const std::vector<Ino>& inos) {
       continue;
     }
     job.commit = true;
+    node->commit_in_flight = job.hash;  // versions made until the answer accept it as their base
     job.path = path_of(*node);
     job.mtime = job.staged->mtime_ms.load();
     operations.push_back(hub::BatchOperation::add(job.path, job.hash, job.mtime));
@@ -1747,6 +1811,9 @@ void Filesystem::upload_group(const std::vector<Ino>& inos) {
   bool permanent = false;
   auto committed = commit_batch(operations, what, &permanent);
   lock.lock();
+  for (auto& job : jobs) {
+    if (Node* node = find(job.ino); job.commit && node != nullptr) node->commit_in_flight.reset();
+  }
   if (!committed) {
     for (auto& job : jobs) {
       if (job.commit) not_committed(job, status_.last_error, permanent);
@@ -1758,6 +1825,7 @@ void Filesystem::upload_group(const std::vector<Ino>& inos) {
   status_.xorb_bytes_sent += xorb_bytes;
   std::vector<std::pair<std::shared_ptr<Staged>, bool>> after;  // (staged, drop its record)
   std::vector<std::shared_ptr<Staged>> obsolete;
+
   for (auto& job : jobs) {
     if (!job.commit) continue;
     auto& staged = job.staged;
@@ -1785,6 +1853,7 @@ void Filesystem::upload_group(const std::vector<Ino>& inos) {
   }
   finish();
   lock.unlock();
+  std::vector<std::shared_ptr<Staged>> records_to_drop;
   for (std::size_t i = 0, k = 0; i < jobs.size(); ++i) {
     if (!jobs[i].commit) continue;
     const auto& [staged, drop_record] = after[k++];
@@ -1793,12 +1862,13 @@ void Filesystem::upload_group(const std::vector<Ino>& inos) {
       std::lock_guard journal_lock(staged->journal_mutex);
       staged->base = jobs[i].hash;
     }
-    if (drop_record) journal_remove(staged);
+    if (drop_record) records_to_drop.push_back(staged);
   }
   for (auto& old : obsolete) {
     old->abandoned = true;
-    if (old->journaled) journal_remove(old);
+    if (old->journaled) records_to_drop.push_back(old);
   }
+  journal_remove(records_to_drop);  // one transaction and sync for the whole group
 }
 
 std::string Filesystem::path_of_or(Ino ino) const {

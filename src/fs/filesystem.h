@@ -18,6 +18,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -90,12 +91,16 @@ struct Staged {
   std::string path;  // of the staging file; removed with the object
   std::string name;  // its file name: the journal key
   std::optional<xet::Hash> base;  // the committed version the bytes started from (conflict check)
+  // Versions this mount itself was committing when this one was made (set at creation, then
+  // fixed): the bucket holding one of them after a crash is not a foreign change.
+  std::vector<xet::Hash> also_bases;
   std::atomic<std::uint64_t> version{0};  // bumped by every change; no lock needed
   std::atomic<std::uint64_t> size{0};
   std::atomic<std::int64_t> mtime_ms{0};
   std::atomic<std::uint64_t> committed_version{0};  // the version in the bucket; written under mutex_
   std::uint64_t failures = 0;           // upload attempts that failed
   bool last_failure_permanent = false;  // ... and the last one cannot be fixed by retrying
+  unsigned commit_waiters = 0;          // fsyncs (and renames) waiting for its commit; under mutex_
   // The server refused the last upload (400): it may have referenced, through the node's dedup
   // index, a xorb the server no longer has; the next attempt does without lookups in it.
   bool skip_local_dedup = false;
@@ -148,6 +153,8 @@ struct Node {
   // until the newer version is itself journaled (the last closed version is never lost).
   std::vector<std::shared_ptr<Staged>> superseded;
   std::optional<xet::Hash> kernel_cached;  // content the kernel may hold pages of
+  // The hash of this file's version whose commit (batch) is in flight, if any.
+  std::optional<xet::Hash> commit_in_flight;
 };
 
 class Filesystem {
@@ -237,7 +244,13 @@ class Filesystem {
   // now, no longer this mount's own folders, so once another client empties them they go, as on
   // every other mount. REQUIRES: mutex_ held.
   void in_bucket(Node* directory);
+  // Queues the node's staged file for upload at `not_before`; one already queued for later is
+  // moved up to `not_before` (an fsync does not wait out a close's linger or a backoff).
   void enqueue(Node& node, std::chrono::steady_clock::time_point not_before = {});
+  // Queues a file that was just closed: a small one lingers for kSmallFileLinger, so that files
+  // closed one after another go up in one group (one shard, one batch, one journal sync)
+  // instead of a session, three requests and two syncs each. REQUIRES: mutex_ held.
+  void enqueue_closed(Node& node);
 
   // Lists `directory` from the bucket when its listing expired. Takes and releases the lock.
   FsResult<void> refresh_directory(std::unique_lock<std::mutex>& lock, Ino directory);
@@ -263,6 +276,9 @@ class Filesystem {
   // staged file (a copy, or empty when `truncate`), so the journaled bytes stay as closed.
   // REQUIRES: lock held; may release it.
   FsResult<void> copy_on_write(std::unique_lock<std::mutex>& lock, Ino ino, bool truncate);
+  // Staged::also_bases of a new version of `node` (copied from `copied_from`, may be null):
+  // the copied version's, and the version whose commit is in flight. REQUIRES: mutex_ held.
+  static std::vector<xet::Hash> also_bases_for_new_version(const Node& node, const Staged* copied_from);
   FsResult<void> check_name(const Node& parent, const std::string& name) const;
   // Waits until `staged` is committed at a version >= `version`. EIO when its upload failed and
   // cannot succeed by retrying, or has gone on failing for options_.fsync_retry since the first
@@ -276,6 +292,8 @@ class Filesystem {
   // False (logged) when the record could not be written.
   bool journal_put(const std::shared_ptr<Staged>& staged, const std::string& path);
   void journal_remove(const std::shared_ptr<Staged>& staged);
+  // The records of all of `stageds` in one journal transaction (one sync).
+  void journal_remove(std::span<const std::shared_ptr<Staged>> stageds);
   // One batch; EIO (logged, status_.last_error) when it failed or was refused. `permanent`, when
   // given, tells whether retrying cannot help (refused operations, a token or bucket refused).
   FsResult<void> commit_batch(const std::vector<hub::BatchOperation>& operations, const std::string& what,

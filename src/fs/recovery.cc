@@ -106,9 +106,12 @@ RecoveryReport recover_journal(const MountServices& services, const naming::Buck
     if (!remote->empty()) current = remote->front().xet_hash;
     std::string target = record.path;
     bool conflict = false;
+    // A version this mount was committing when it made this one is not a foreign change.
+    const bool our_version = current && std::find(record.also_bases.begin(), record.also_bases.end(), *current) !=
+                                            record.also_bases.end();
     if (current && *current == hash) {
       target.clear();  // already committed (the daemon died after its commit, before dropping the record)
-    } else if (current != record.base) {
+    } else if (current != record.base && !our_version) {
       conflict = true;
       target = conflict_name(record.path);
     }

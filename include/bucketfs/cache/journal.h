@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -43,6 +44,9 @@ struct JournalRecord {
   std::string bucket;              // ns/name
   std::string path;                // key in the bucket
   std::optional<xet::Hash> base;   // the committed version the bytes started from; none for a new file
+  // Versions the same mount was committing when this one was made from them: the bucket holding
+  // one of them is not a foreign change either (no conflict copy).
+  std::vector<xet::Hash> also_bases;
   std::int64_t mtime_ms = 0;
   std::uint64_t size = 0;
   Owner owner;
@@ -58,6 +62,9 @@ class Journal {
   Result<void> put(JournalRecord record);
   // Removes the record (absent is fine), durably.
   Result<void> remove(const std::string& staging_name);
+  // Removes every named record (absent ones are fine) in one transaction and one sync: what a
+  // commit of many small files costs once instead of once per file.
+  Result<void> remove_many(std::span<const std::string> staging_names);
   // Every record, in key order. Malformed records are skipped (and reported as kFormat only
   // when nothing else could be read).
   Result<std::vector<JournalRecord>> list() const;
