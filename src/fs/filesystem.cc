@@ -94,6 +94,8 @@ bool retrying_cannot_help(const transfer::UploadError& error) {
 // Files up to this size are grouped for upload (see enqueue_closed and upload_worker).
 constexpr std::uint64_t kSmallFile = std::uint64_t{4} << 20;
 constexpr std::chrono::milliseconds kSmallFileLinger{20};
+// A chain of versions each made while the previous one's batch was in flight is rarely longer.
+constexpr std::size_t kMaxAlsoBases = 8;
 // The longest wait before retrying a failed upload that an fsync waits for.
 constexpr std::chrono::seconds kWaitedRetry{5};
 
@@ -102,6 +104,22 @@ std::chrono::seconds backoff(unsigned attempts) {
 }
 
 }  // namespace
+
+Staged::Origin Staged::origin() {
+  std::lock_guard lock(base_mutex);
+  Origin origin{base, also_bases};
+  if (in_flight && std::find(also_bases.begin(), also_bases.end(), *in_flight) == also_bases.end()) {
+    origin.also_bases.push_back(*in_flight);
+  }
+  return origin;
+}
+
+void Staged::also_accept(const xet::Hash& hash) {
+  std::lock_guard lock(base_mutex);
+  if (std::find(also_bases.begin(), also_bases.end(), hash) != also_bases.end()) return;
+  also_bases.push_back(hash);
+  if (also_bases.size() > kMaxAlsoBases) also_bases.erase(also_bases.begin());
+}
 
 Staged::~Staged() {
   {
@@ -275,9 +293,10 @@ bool Filesystem::has_local_state(const Node& node) const {
   return false;
 }
 
-void Filesystem::enqueue(Node& node, Clock::time_point not_before) {
+void Filesystem::enqueue(Node& node, Clock::time_point not_before, bool move_up) {
   if (!node.staged || workers_.empty()) return;
   if (node.staged->queued) {
+    if (!move_up) return;
     for (auto& [when, ino] : queue_) {
       if (ino == node.ino && not_before < when) {
         when = not_before;
@@ -460,11 +479,12 @@ FsResult<std::shared_ptr<Staged>> Filesystem::new_staged() {
   return staged;
 }
 
-std::vector<xet::Hash> Filesystem::also_bases_for_new_version(const Node& node, const Staged* copied_from) {
+std::vector<xet::Hash> Filesystem::also_bases_for_new_version(const Node& node, Staged* copied_from) {
   std::vector<xet::Hash> bases;
-  if (copied_from != nullptr) bases = copied_from->also_bases;
-  if (node.commit_in_flight) bases.push_back(*node.commit_in_flight);
-  constexpr std::size_t kMaxAlsoBases = 8;  // a longer chain of versions each made mid-commit is not expected
+  if (copied_from != nullptr) bases = copied_from->origin().also_bases;
+  if (node.commit_in_flight && std::find(bases.begin(), bases.end(), *node.commit_in_flight) == bases.end()) {
+    bases.push_back(*node.commit_in_flight);
+  }
   if (bases.size() > kMaxAlsoBases) bases.erase(bases.begin(), bases.end() - kMaxAlsoBases);
   return bases;
 }
@@ -474,8 +494,6 @@ FsResult<void> Filesystem::copy_on_write(std::unique_lock<std::mutex>& lock, Ino
   if (!fresh) return std::unexpected(fresh.error());
   Node* node = find(ino);
   auto old = node->staged;
-  (*fresh)->base = old->base;
-  (*fresh)->also_bases = also_bases_for_new_version(*node, old.get());
   (*fresh)->mtime_ms = old->mtime_ms.load();
   (*fresh)->version = 1;  // differs from the bucket until committed
   if (!truncate) {
@@ -503,6 +521,10 @@ FsResult<void> Filesystem::copy_on_write(std::unique_lock<std::mutex>& lock, Ino
     if (node == nullptr) return std::unexpected(ENOENT);
     if (node->staged != old) return {};  // someone else replaced it meanwhile: use theirs
   }
+  // Taken now, not before the copy: a batch of `old` may have started or ended meanwhile.
+  const auto origin = old->origin();
+  (*fresh)->base = origin.base;
+  (*fresh)->also_bases = also_bases_for_new_version(*node, old.get());
   node->superseded.push_back(std::move(old));
   node->staged = std::move(*fresh);
   return {};
@@ -1381,8 +1403,9 @@ bool Filesystem::journal_put(const std::shared_ptr<Staged>& staged, const std::s
   record.staging_name = staged->name;
   record.bucket = options_.bucket.str();
   record.path = path;
-  record.base = staged->base;
-  record.also_bases = staged->also_bases;
+  auto origin = staged->origin();
+  record.base = std::move(origin.base);
+  record.also_bases = std::move(origin.also_bases);
   record.mtime_ms = staged->mtime_ms.load();
   record.size = staged->size.load();
   record.owner = owner_;
@@ -1462,7 +1485,7 @@ FsResult<void> Filesystem::fsync(std::uint64_t id) {
   auto staged = node->staged;
   staged->seal_stream();
   const std::uint64_t version = staged->version.load();
-  enqueue(*node);
+  enqueue(*node, {}, /*move_up=*/true);
   return wait_committed(lock, staged, version);
 }
 
@@ -1790,7 +1813,12 @@ void Filesystem::upload_group(const std::vector<Ino>& inos) {
       continue;
     }
     job.commit = true;
-    node->commit_in_flight = job.hash;  // versions made until the answer accept it as their base
+    // Versions made or journaled until the answer accept it as their base.
+    node->commit_in_flight = job.hash;
+    {
+      std::lock_guard base_lock(job.staged->base_mutex);
+      job.staged->in_flight = job.hash;
+    }
     job.path = path_of(*node);
     job.mtime = job.staged->mtime_ms.load();
     operations.push_back(hub::BatchOperation::add(job.path, job.hash, job.mtime));
@@ -1812,7 +1840,16 @@ void Filesystem::upload_group(const std::vector<Ino>& inos) {
   auto committed = commit_batch(operations, what, &permanent);
   lock.lock();
   for (auto& job : jobs) {
-    if (Node* node = find(job.ino); job.commit && node != nullptr) node->commit_in_flight.reset();
+    if (!job.commit) continue;
+    if (Node* node = find(job.ino); node != nullptr) node->commit_in_flight.reset();
+    {
+      std::lock_guard base_lock(job.staged->base_mutex);
+      job.staged->in_flight.reset();
+      // Later versions of this staged file start from what the bucket now holds.
+      if (committed) job.staged->base = job.hash;
+    }
+    // A failed batch may still have been applied (its answer lost): keep accepting it.
+    if (!committed) job.staged->also_accept(job.hash);
   }
   if (!committed) {
     for (auto& job : jobs) {
@@ -1857,11 +1894,6 @@ void Filesystem::upload_group(const std::vector<Ino>& inos) {
   for (std::size_t i = 0, k = 0; i < jobs.size(); ++i) {
     if (!jobs[i].commit) continue;
     const auto& [staged, drop_record] = after[k++];
-    {
-      // Later versions of this staged file start from what the bucket now holds.
-      std::lock_guard journal_lock(staged->journal_mutex);
-      staged->base = jobs[i].hash;
-    }
     if (drop_record) records_to_drop.push_back(staged);
   }
   for (auto& old : obsolete) {

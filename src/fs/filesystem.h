@@ -8,6 +8,8 @@
 // mutations (commits of uploads, renames, unlinks, mtime changes) so that the bucket sees them in
 // the order the application made them; it is taken before `mutex_`, never after. Data reads and
 // writes of an open file do not take `remote_mutex_` and take `mutex_` only for bookkeeping.
+// A Staged's `journal_mutex` is taken before `mutex_` (journal_put), never after; its
+// `base_mutex` is a leaf: nothing else is taken while it is held.
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -90,10 +92,21 @@ struct Staged {
   FileDescriptor fd;
   std::string path;  // of the staging file; removed with the object
   std::string name;  // its file name: the journal key
-  std::optional<xet::Hash> base;  // the committed version the bytes started from (conflict check)
-  // Versions this mount itself was committing when this one was made (set at creation, then
-  // fixed): the bucket holding one of them after a crash is not a foreign change.
+  // What a journal record of these bytes names as their origin (conflict check at recovery),
+  // guarded by base_mutex: the committed version the bytes started from; versions this mount
+  // committed or was committing that the bytes also descend from (the bucket holding one of them
+  // after a crash is not a foreign change); and this file's own version whose batch is in flight.
+  std::mutex base_mutex;
+  std::optional<xet::Hash> base;
   std::vector<xet::Hash> also_bases;
+  std::optional<xet::Hash> in_flight;
+  struct Origin {
+    std::optional<xet::Hash> base;
+    std::vector<xet::Hash> also_bases;  // also_bases and in_flight
+  };
+  Origin origin();
+  // Adds `hash` to also_bases (once; the oldest go past a handful).
+  void also_accept(const xet::Hash& hash);
   std::atomic<std::uint64_t> version{0};  // bumped by every change; no lock needed
   std::atomic<std::uint64_t> size{0};
   std::atomic<std::int64_t> mtime_ms{0};
@@ -244,9 +257,10 @@ class Filesystem {
   // now, no longer this mount's own folders, so once another client empties them they go, as on
   // every other mount. REQUIRES: mutex_ held.
   void in_bucket(Node* directory);
-  // Queues the node's staged file for upload at `not_before`; one already queued for later is
-  // moved up to `not_before` (an fsync does not wait out a close's linger or a backoff).
-  void enqueue(Node& node, std::chrono::steady_clock::time_point not_before = {});
+  // Queues the node's staged file for upload at `not_before`. With `move_up`, one already queued
+  // for later is moved up to `not_before` (an fsync does not wait out a close's linger or a
+  // backoff); a close leaves a backoff alone.
+  void enqueue(Node& node, std::chrono::steady_clock::time_point not_before = {}, bool move_up = false);
   // Queues a file that was just closed: a small one lingers for kSmallFileLinger, so that files
   // closed one after another go up in one group (one shard, one batch, one journal sync)
   // instead of a session, three requests and two syncs each. REQUIRES: mutex_ held.
@@ -278,7 +292,7 @@ class Filesystem {
   FsResult<void> copy_on_write(std::unique_lock<std::mutex>& lock, Ino ino, bool truncate);
   // Staged::also_bases of a new version of `node` (copied from `copied_from`, may be null):
   // the copied version's, and the version whose commit is in flight. REQUIRES: mutex_ held.
-  static std::vector<xet::Hash> also_bases_for_new_version(const Node& node, const Staged* copied_from);
+  static std::vector<xet::Hash> also_bases_for_new_version(const Node& node, Staged* copied_from);
   FsResult<void> check_name(const Node& parent, const std::string& name) const;
   // Waits until `staged` is committed at a version >= `version`. EIO when its upload failed and
   // cannot succeed by retrying, or has gone on failing for options_.fsync_retry since the first
