@@ -103,22 +103,25 @@ std::chrono::seconds backoff(unsigned attempts) {
   return std::chrono::seconds(std::min<unsigned>(60, 1u << std::min(attempts, 6u)));
 }
 
+// Adds `hash` to a list of also-accepted bases once, dropping the oldest past kMaxAlsoBases.
+void add_also_base(std::vector<xet::Hash>& bases, const xet::Hash& hash) {
+  if (std::find(bases.begin(), bases.end(), hash) != bases.end()) return;
+  bases.push_back(hash);
+  if (bases.size() > kMaxAlsoBases) bases.erase(bases.begin());
+}
+
 }  // namespace
 
 Staged::Origin Staged::origin() {
   std::lock_guard lock(base_mutex);
   Origin origin{base, also_bases};
-  if (in_flight && std::find(also_bases.begin(), also_bases.end(), *in_flight) == also_bases.end()) {
-    origin.also_bases.push_back(*in_flight);
-  }
+  if (in_flight) add_also_base(origin.also_bases, *in_flight);
   return origin;
 }
 
 void Staged::also_accept(const xet::Hash& hash) {
   std::lock_guard lock(base_mutex);
-  if (std::find(also_bases.begin(), also_bases.end(), hash) != also_bases.end()) return;
-  also_bases.push_back(hash);
-  if (also_bases.size() > kMaxAlsoBases) also_bases.erase(also_bases.begin());
+  add_also_base(also_bases, hash);
 }
 
 Staged::~Staged() {
@@ -482,10 +485,7 @@ FsResult<std::shared_ptr<Staged>> Filesystem::new_staged() {
 std::vector<xet::Hash> Filesystem::also_bases_for_new_version(const Node& node, Staged* copied_from) {
   std::vector<xet::Hash> bases;
   if (copied_from != nullptr) bases = copied_from->origin().also_bases;
-  if (node.commit_in_flight && std::find(bases.begin(), bases.end(), *node.commit_in_flight) == bases.end()) {
-    bases.push_back(*node.commit_in_flight);
-  }
-  if (bases.size() > kMaxAlsoBases) bases.erase(bases.begin(), bases.end() - kMaxAlsoBases);
+  if (node.commit_in_flight) add_also_base(bases, *node.commit_in_flight);
   return bases;
 }
 
