@@ -26,6 +26,7 @@ inline constexpr std::string_view kMetaUsedBytes = "used_bytes";       // u64, s
 inline constexpr std::string_view kMetaEvictions = "evictions";        // u64, bumped per eviction txn
 inline constexpr std::string_view kMetaCorruptions = "corruptions";    // u64
 inline constexpr std::string_view kMetaDedupNextSeq = "dedup_next_seq";  // u64
+inline constexpr std::string_view kMetaJournalSequence = "journal_sequence";  // u64, the last one stamped
 
 inline void put_le(char* p, std::uint64_t v, int width) {
   for (int i = 0; i < width; ++i) p[i] = static_cast<char>((v >> (8 * i)) & 0xff);

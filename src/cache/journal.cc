@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <sstream>
@@ -104,12 +105,21 @@ Result<JournalRecord> decode_journal_record(std::string_view key, std::string_vi
 
 Result<void> Journal::put(JournalRecord record) {
   if (record.staging_name.empty()) return std::unexpected(Error{ErrorCode::kInvalidArgument, 0, "journal: empty key"});
-  record.sequence = static_cast<std::uint64_t>(
+  const auto now = static_cast<std::uint64_t>(
       std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
           .count());
   {
     auto txn = store_->environment().begin_write();
     if (!txn) return std::unexpected(format::store_error(txn.error()));
+    // Above the last one stamped in this store even if the clock stepped back since: recovery keeps
+    // the highest sequence of a path, so a newer version must never sort below an older one.
+    const auto& meta = store_->databases().meta;
+    auto last = format::get_counter(*txn, meta, format::kMetaJournalSequence);
+    if (!last) return std::unexpected(last.error());
+    record.sequence = std::max(now, *last + 1);
+    if (auto set = format::set_counter(*txn, meta, format::kMetaJournalSequence, record.sequence); !set) {
+      return std::unexpected(set.error());
+    }
     if (auto put = txn->put(store_->databases().journal, record.staging_name, encode_journal_record(record)); !put) {
       return std::unexpected(format::store_error(put.error()));
     }

@@ -4,6 +4,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <map>
+
+#include "format.h"
 #include "temp_dir.h"
 
 namespace bucketfs::cache {
@@ -91,6 +94,38 @@ TEST(JournalTest, RemoveManyDropsTheNamedRecordsOnly) {
   std::vector<std::string> left;
   for (const auto& r : *listed) left.push_back(r.staging_name);
   EXPECT_EQ(left, (std::vector<std::string>{"f0", "f3", "f5"}));
+}
+
+// A clock that steps back (NTP, a VM restored from a snapshot) must not make a newer version of a
+// file sort below an older one: recovery keeps the highest sequence of a path.
+TEST(JournalTest, SequencesIncreaseWhenTheClockStepsBack) {
+  bucketfs::testing::TempDir temp("bucketfs-journal-test");
+  constexpr std::uint64_t kStampedFarAhead =
+      std::uint64_t{1} << 62;  // far beyond any real clock reading in nanoseconds (year 2116)
+  {
+    auto store = NodeStore::open(temp.path());
+    ASSERT_TRUE(store) << store.error().message;
+    Journal journal(*store);
+    ASSERT_TRUE(journal.put(record("older", "run/model.bin")));
+    // What a put made while the clock was far ahead leaves behind.
+    auto txn = (*store)->environment().begin_write();
+    ASSERT_TRUE(txn);
+    ASSERT_TRUE(format::set_counter(*txn, (*store)->databases().meta, format::kMetaJournalSequence,
+                                    kStampedFarAhead));
+    ASSERT_TRUE(txn->commit());
+  }
+  auto store = NodeStore::open(temp.path());  // the counter survives a reopen
+  ASSERT_TRUE(store);
+  Journal journal(*store);
+  ASSERT_TRUE(journal.put(record("newer", "run/model.bin")));
+  ASSERT_TRUE(journal.put(record("newest", "run/model.bin")));
+  auto listed = journal.list();
+  ASSERT_TRUE(listed) << listed.error().message;
+  std::map<std::string, std::uint64_t> sequence;
+  for (const auto& r : *listed) sequence[r.staging_name] = r.sequence;
+  EXPECT_GT(sequence["older"], 0u);
+  EXPECT_EQ(sequence["newer"], kStampedFarAhead + 1);
+  EXPECT_EQ(sequence["newest"], kStampedFarAhead + 2);
 }
 
 TEST(JournalTest, OwnerAliveOnlyWhileItsProcessRuns) {

@@ -50,7 +50,9 @@ struct JournalRecord {
   std::int64_t mtime_ms = 0;
   std::uint64_t size = 0;
   Owner owner;
-  // Orders records: nanoseconds of the real-time clock when put() wrote it (set by put()).
+  // Orders records (set by put()): nanoseconds of the real-time clock when put() wrote it, or one
+  // more than the last sequence put() stamped in this store when that is higher (the clock stepped
+  // back), so a later put() always has the higher sequence.
   std::uint64_t sequence = 0;
 };
 
