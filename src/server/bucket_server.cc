@@ -14,6 +14,8 @@
 #include <thread>
 
 #include "bucketfs/naming/naming.h"
+#include "bucketfs/xet/chunker.h"
+#include "bucketfs/xet/merkle_subtree.h"
 #include "bucketfs/xet/shard.h"
 #include "bucketfs/xet/xorb.h"
 #include "batch_request.h"
@@ -106,6 +108,48 @@ std::expected<std::optional<ByteRange>, std::string> parse_single_range(const st
     range.last = last;
   }
   return std::optional<ByteRange>{range};
+}
+
+// X-Range-Dirty "bytes=A-B[,C-D...]" (inclusive ends) as sorted, merged half-open ranges within a
+// file of `size` bytes (ranges past its end dropped, ends clamped). Error text when the header is
+// missing or malformed or no range lies within the file.
+std::expected<std::vector<std::pair<std::uint64_t, std::uint64_t>>, std::string> parse_dirty_ranges(
+    const std::optional<std::string>& value, std::uint64_t size) {
+  if (!value) return std::unexpected("X-Range-Dirty is required: bytes=START-END[,START-END...]");
+  std::string_view text = *value;
+  if (!text.starts_with("bytes=")) return std::unexpected("X-Range-Dirty must be 'bytes=START-END[,START-END...]'");
+  text.remove_prefix(6);
+  auto number = [](std::string_view digits, std::uint64_t& out) {
+    while (!digits.empty() && digits.front() == ' ') digits.remove_prefix(1);
+    while (!digits.empty() && digits.back() == ' ') digits.remove_suffix(1);
+    auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), out);
+    return !digits.empty() && ec == std::errc() && end == digits.data() + digits.size();
+  };
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
+  for (const auto& part : split(text, ',')) {
+    const auto dash = part.find('-');
+    std::uint64_t first = 0;
+    std::uint64_t last = 0;
+    if (dash == std::string::npos || !number(std::string_view(part).substr(0, dash), first) ||
+        !number(std::string_view(part).substr(dash + 1), last) || last < first) {
+      return std::unexpected("malformed X-Range-Dirty range '" + part.substr(0, 80) + "'");
+    }
+    if (first >= size) continue;
+    ranges.emplace_back(first, std::min(last, size - 1) + 1);
+  }
+  if (ranges.empty()) {
+    return std::unexpected("no X-Range-Dirty range lies within the file (" + std::to_string(size) + " bytes)");
+  }
+  std::sort(ranges.begin(), ranges.end());
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> merged;
+  for (const auto& range : ranges) {
+    if (!merged.empty() && range.first <= merged.back().second) {
+      merged.back().second = std::max(merged.back().second, range.second);
+    } else {
+      merged.push_back(range);
+    }
+  }
+  return merged;
 }
 
 std::optional<xet::Hash> parse_hash(std::string_view text) {
@@ -848,6 +892,15 @@ class Handlers {
     return json_response(200, json{{"offset", listed_from.value_or(0)}, {"size", record.size}, {"terms", terms}});
   }
 
+  // GET /v2/file-chunk-hashes/{file} with X-Range-Dirty: bytes=A-B[,C-D...] (inclusive ends):
+  // what a client editing those byte ranges needs to build the new file without reading the rest
+  // (api.md, "Get File Chunk Hashes"; the npm client's range edits use it). The windows to
+  // re-chunk: each dirty range widened to chunk boundaries, ending where every chunker cuts
+  // whatever the edit changed before (xet::certain_boundaries), so the client's chunks rejoin
+  // the original ones there; then the merkle subtree of each gap around them and the
+  // verification hash of every term wholly outside them.
+  HttpResponse file_chunk_hashes(const std::string& hash_text);
+
   HttpResponse batch_reconstruction() {
     auto grant = cas_grant(Access::kRead);
     if (!grant) return grant.error();
@@ -1013,6 +1066,123 @@ class FileByteSource {
 
 }  // namespace
 
+HttpResponse Handlers::file_chunk_hashes(const std::string& hash_text) {
+  // Past this many bytes after a dirty range without a boundary the edit cannot move, the window
+  // runs to the end of the file (always correct; only the client re-chunks more).
+  constexpr std::uint64_t kMaxResyncScan = std::uint64_t{8} << 20;
+  auto grant = cas_grant(Access::kRead);
+  if (!grant) return grant.error();
+  auto hash = parse_hash(hash_text);
+  if (!hash) return error_response(400, "malformed file id '" + hash_text.substr(0, 80) + "'");
+  auto readable = s_.metadata_.bucket_may_read(grant->bucket, *hash);
+  if (!readable) return error_response(500, readable.error().message);
+  auto file = s_.metadata_.file(*hash);
+  if (!file) return error_response(500, file.error().message);
+  if (!*file || !*readable) return error_response(404, "file " + hash_text + " not found");
+  const FileRecord& record = **file;
+  auto dirty = parse_dirty_ranges(header(request_, "X-Range-Dirty"), record.size);
+  if (!dirty) return error_response(400, dirty.error());
+
+  // The file's chunks in order, where each starts, and each term's chunks.
+  std::vector<xet::HashAndSize> chunks;
+  std::vector<std::uint64_t> starts;  // one per chunk, then the file size
+  std::vector<std::pair<std::size_t, std::size_t>> term_chunks;
+  std::uint64_t offset = 0;
+  for (const auto& term : record.terms) {
+    auto xorb = s_.metadata_.xorb(term.xorb_hash);
+    if (!xorb) return error_response(500, xorb.error().message);
+    if (!*xorb || term.chunk_index_end > (*xorb)->chunks.size()) {
+      return error_response(500, "xorb " + term.xorb_hash.to_string() + " of a registered file is missing");
+    }
+    const std::size_t first = chunks.size();
+    for (std::uint32_t i = term.chunk_index_start; i < term.chunk_index_end; ++i) {
+      const auto& chunk = (*xorb)->chunks[i];
+      chunks.push_back({chunk.hash, chunk.size});
+      starts.push_back(offset);
+      offset += chunk.size;
+    }
+    term_chunks.emplace_back(first, chunks.size());
+  }
+  starts.push_back(offset);
+  if (offset != record.size) return error_response(500, "the terms of file " + hash_text + " do not add up to its size");
+  // Index of the chunk boundary at `position`, if there is one (the file size is the last).
+  auto boundary_index = [&](std::uint64_t position) -> std::optional<std::size_t> {
+    auto it = std::lower_bound(starts.begin(), starts.end(), position);
+    if (it == starts.end() || *it != position) return std::nullopt;
+    return static_cast<std::size_t>(it - starts.begin());
+  };
+  auto chunk_start_at_or_before = [&](std::uint64_t position) {
+    return *(std::upper_bound(starts.begin(), starts.end() - 1, position) - 1);
+  };
+
+  FileByteSource source(s_.metadata_, s_.xorbs_, record);
+  // Where a window whose edited bytes end at `dirty_end` may end: the first chunk boundary at or
+  // after it that every chunker reaches whatever came before dirty_end.
+  auto window_end = [&](std::uint64_t dirty_end) -> std::expected<std::uint64_t, std::string> {
+    std::string scanned;
+    constexpr std::size_t kStep = std::size_t{256} << 10;
+    while (dirty_end + scanned.size() < record.size && scanned.size() < kMaxResyncScan) {
+      const std::size_t before = scanned.size();
+      scanned.resize(before + kStep);
+      const auto got = source.read(dirty_end + before, scanned.data() + before, kStep);
+      if (got < 0) return std::unexpected("reading file " + hash_text + " failed");
+      scanned.resize(before + static_cast<std::size_t>(got));
+      if (got == 0) break;
+      for (const auto boundary : xet::certain_boundaries(
+               xet::ByteSpan(reinterpret_cast<const std::byte*>(scanned.data()), scanned.size()))) {
+        if (boundary_index(dirty_end + boundary)) return dirty_end + boundary;
+      }
+    }
+    return record.size;
+  };
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> windows;
+  for (std::size_t i = 0; i < dirty->size();) {
+    const std::uint64_t start = chunk_start_at_or_before((*dirty)[i].first);
+    std::uint64_t dirty_end = (*dirty)[i].second;
+    auto end = window_end(dirty_end);
+    for (++i; end && i < dirty->size() && (*dirty)[i].first <= *end; ++i) {
+      if ((*dirty)[i].second > dirty_end) {
+        dirty_end = (*dirty)[i].second;
+        end = window_end(dirty_end);
+      }
+    }
+    if (!end) return error_response(500, end.error());
+    windows.emplace_back(start, *end);
+  }
+
+  json windows_json = json::array();
+  json hash_ranges = json::array();
+  auto gap = [&](std::size_t from, std::size_t to) -> json {
+    if (from >= to) return nullptr;
+    const auto run = std::span(chunks).subspan(from, to - from);
+    return xet::to_json(xet::merkle_subtree(run, from == 0, to == chunks.size()));
+  };
+  std::size_t gap_from = 0;
+  for (const auto& [start, end] : windows) {
+    windows_json.push_back(json{{"dirtyByteRange", json::array({start, end})}});
+    hash_ranges.push_back(gap(gap_from, *boundary_index(start)));
+    gap_from = *boundary_index(end);
+  }
+  hash_ranges.push_back(gap(gap_from, chunks.size()));
+  json verification = json::array();
+  for (const auto& [first, last] : term_chunks) {
+    const std::uint64_t term_start = starts[first];
+    const std::uint64_t term_end = starts[last];
+    const bool stable = std::all_of(windows.begin(), windows.end(), [&](const auto& window) {
+      return term_end <= window.first || term_start >= window.second;
+    });
+    if (!stable) continue;
+    std::vector<xet::Hash> hashes;
+    for (std::size_t c = first; c < last; ++c) hashes.push_back(chunks[c].hash);
+    verification.push_back(xet::verification_hash(hashes).to_string());
+  }
+  return json_response(200, json{{"totalChunks", chunks.size()},
+                                 {"fileSize", record.size},
+                                 {"windows", std::move(windows_json)},
+                                 {"hashRanges", std::move(hash_ranges)},
+                                 {"gapVerification", std::move(verification)}});
+}
+
 HttpResponse Handlers::stream_file_bytes(const xet::Hash& file_hash, std::uint64_t first, std::uint64_t length) {
   if (length == 0) return HttpResponse::bytes(200, std::string());
   auto file = s_.metadata_.file(file_hash);
@@ -1096,6 +1266,10 @@ HttpResponse Handlers::route(std::string& name) {
     if (segments[1] == "v1" && group == "file-chunks" && segments.size() == 4) {
       name = "cas_file_chunks";
       return method == "GET" ? file_chunks(segments[3]) : method_not_allowed();
+    }
+    if (segments[1] == "v2" && group == "file-chunk-hashes" && segments.size() == 4) {
+      name = "cas_file_chunk_hashes";
+      return method == "GET" ? file_chunk_hashes(segments[3]) : method_not_allowed();
     }
     if (segments[1] == "v1" && group == "files" && segments.size() == 4) {
       name = "cas_file";

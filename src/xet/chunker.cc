@@ -1,6 +1,7 @@
 #include "bucketfs/xet/chunker.h"
 
 #include <algorithm>
+#include <optional>
 #include <span>
 #include <thread>
 
@@ -127,6 +128,32 @@ std::vector<std::size_t> chunk_lengths(ByteSpan data) {
     data = data.subspan(*cut);
   }
   return lengths;
+}
+
+// Let x1 < x2 be consecutive cut candidates (positions whose 64-byte hash window has its top 16
+// bits zero) with both windows inside `data`, and q the last cut a chunker makes before x2.
+//  - q == x1: no candidate lies between, so the next cut is x2 (x2 - x1 is within [min, max]).
+//  - q < x1: the chunker passed x1 without cutting, so x1 - q < min (at or past min it would cut
+//    at x1 or before; past max it would have been forced to cut before x1). Its next cut is the
+//    first candidate at or past q + min, which is x2, and x2 - q < (max - min) + min = max, so
+//    no forced cut comes first.
+//  - x1 < q < x2 is impossible: with no candidate there, q would be a forced cut, q = p + max
+//    for an earlier cut p with x1 - p < min, so q - x1 > max - min >= x2 - x1.
+std::vector<std::size_t> certain_boundaries(ByteSpan data) {
+  const auto* bytes = reinterpret_cast<const std::uint8_t*>(data.data());
+  std::vector<std::size_t> found;
+  std::optional<std::size_t> previous;  // the last candidate with its whole window in data
+  std::uint64_t hash = 0;
+  for (std::size_t i = 0; i < data.size(); ++i) {
+    hash = roll(hash, bytes[i]);
+    const std::size_t position = i + 1;
+    if (position < kHashWindow || (hash & kBoundaryMask) != 0) continue;
+    if (previous && position - *previous >= kMinChunkSize && position - *previous <= kMaxChunkSize - kMinChunkSize) {
+      found.push_back(position);
+    }
+    previous = position;
+  }
+  return found;
 }
 
 std::vector<HashAndSize> ChunkHashStream::update(ByteSpan data) {

@@ -140,5 +140,56 @@ TEST(Chunker, LocalEditChangesOnlyNearbyChunks) {
   EXPECT_GE(same_prefix + same_suffix + 3, before.size());
 }
 
+// Cut positions (ends of chunks, from the stream's start) of a whole buffer.
+std::vector<std::size_t> cut_positions(ByteSpan data) {
+  std::vector<std::size_t> cuts;
+  std::size_t at = 0;
+  for (const auto length : chunk_lengths(data)) cuts.push_back(at += length);
+  return cuts;
+}
+
+// Whatever came before (random bytes, a run that forces maximum-size chunks, nothing), the
+// chunker cuts at every certain boundary of the bytes that follow: a range edit relies on it.
+TEST(Chunker, CertainBoundariesHoldAfterAnyPrefix) {
+  // Random stretches separated by zero runs, which have no cut candidates: the candidates are
+  // sparse there and only pairs within the bounds may qualify.
+  Bytes data;
+  for (int piece = 0; piece < 12; ++piece) {
+    const auto random = testing::splitmix(100 + piece, (piece % 3 + 1) * 70'000);
+    data.insert(data.end(), random.begin(), random.end());
+    data.insert(data.end(), static_cast<std::size_t>(piece * 23'000), std::byte{0});
+  }
+  const auto certain = certain_boundaries(data);
+  ASSERT_GE(certain.size(), 5u);
+  std::mt19937_64 random(7);
+  std::vector<Bytes> prefixes{{}, Bytes(300'000, std::byte{0}), Bytes(kMaxChunkSize - 1, std::byte{7})};
+  for (int i = 0; i < 40; ++i) {
+    const std::size_t length = random() % 400'000;
+    auto bytes = testing::splitmix(1000 + i, length);
+    // Some prefixes end with a zero run of their own, so the chunker arrives mid-chunk.
+    if (i % 4 == 0) bytes.insert(bytes.end(), random() % 200'000, std::byte{0});
+    prefixes.push_back(std::move(bytes));
+  }
+  for (const auto& prefix : prefixes) {
+    Bytes stream = prefix;
+    stream.insert(stream.end(), data.begin(), data.end());
+    const auto cuts = cut_positions(stream);
+    for (const auto boundary : certain) {
+      EXPECT_TRUE(std::binary_search(cuts.begin(), cuts.end(), prefix.size() + boundary))
+          << "prefix of " << prefix.size() << " bytes, boundary " << boundary;
+    }
+  }
+}
+
+TEST(Chunker, CertainBoundariesOfRandomDataAreFrequent) {
+  const auto data = testing::splitmix(21, 4 << 20);
+  const auto certain = certain_boundaries(data);
+  ASSERT_FALSE(certain.empty());
+  // The first comes within a few chunks: a range edit re-chunks little past its bytes.
+  EXPECT_LT(certain.front(), std::size_t{512} << 10);
+  EXPECT_GT(certain.size(), (data.size() / kTargetChunkSize) / 4);
+  for (std::size_t i = 1; i < certain.size(); ++i) EXPECT_LT(certain[i - 1], certain[i]);
+}
+
 }  // namespace
 }  // namespace bucketfs::xet

@@ -318,6 +318,10 @@ void ChunkHashState::reset() { blake3_hasher_reset(&hasher_); }
 
 Hash xorb_hash(std::span<const HashAndSize> chunks) { return aggregated_root(chunks); }
 
+HashAndSize merged_node(std::span<const HashAndSize> children) { return merge_nodes(children); }
+
+bool is_natural_cut(const Hash& hash) { return hash.word(3) % kMeanBranching == 0; }
+
 Hash file_hash_with_salt(std::span<const HashAndSize> chunks, const Hash& salt) {
   if (chunks.empty()) return Hash{};
   return file_hash_from_root(aggregated_root(chunks), salt);

@@ -45,6 +45,15 @@ class Chunker {
 // Every chunk boundary of a whole buffer, as chunk lengths in order.
 std::vector<std::size_t> chunk_lengths(ByteSpan data);
 
+// Positions in `data` (offsets from its first byte, in increasing order) at which every chunker
+// ends a chunk, whatever its state when it reached data's first byte: data preceded by anything.
+// A rewrite of a stream's bytes before `data` therefore leaves its chunking from the first such
+// position on unchanged, which is what lets a range edit re-chunk a window of a file and keep
+// the original chunks after it. Found from data's bytes alone: a position x2 qualifies when the
+// last cut candidate before it, x1, has its 64-byte hash window inside `data` and
+// kMinChunkSize <= x2 - x1 <= kMaxChunkSize - kMinChunkSize (see chunker.cc for the argument).
+std::vector<std::size_t> certain_boundaries(ByteSpan data);
+
 // Chunks a stream and hashes each chunk as its bytes pass, without copying them.
 class ChunkHashStream {
  public:

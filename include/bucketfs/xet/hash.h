@@ -105,6 +105,13 @@ Hash file_hash_from_root(const Hash& root, const Hash& salt = Hash{});
 // hashes of the term's chunk range.
 Hash verification_hash(std::span<const Hash> chunk_hashes);
 
+// A parent node of that tree: the keyed hash of its children's "<hash> : <size>\n" lines, and the
+// sum of their sizes.
+HashAndSize merged_node(std::span<const HashAndSize> children);
+// Whether a node with this hash ends its group of siblings in that tree (when the group has at
+// least 3 nodes by then): hash word 3 divisible by 4.
+bool is_natural_cut(const Hash& hash);
+
 // Builds the same root as xorb_hash() from pairs fed one at a time, in O(log n) memory, so that
 // hashing a file of any size does not keep every chunk hash.
 class AggregatedHasher {
