@@ -125,15 +125,31 @@ std::expected<std::vector<std::pair<std::uint64_t, std::uint64_t>>, std::string>
     auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), out);
     return !digits.empty() && ec == std::errc() && end == digits.data() + digits.size();
   };
+  // Each range may cost a scan of the file's bytes after it; a client coalesces its edits first.
+  constexpr std::size_t kMaxDirtyRanges = 1000;
+  const auto parts = split(text, ',');
+  if (parts.size() > kMaxDirtyRanges) {
+    return std::unexpected("X-Range-Dirty has " + std::to_string(parts.size()) + " ranges; at most " +
+                           std::to_string(kMaxDirtyRanges) + " are allowed");
+  }
   std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
-  for (const auto& part : split(text, ',')) {
+  for (const auto& part : parts) {
+    // START-END, START- (to the end of the file) or -LENGTH (the last LENGTH bytes).
     const auto dash = part.find('-');
+    const auto before = std::string_view(part).substr(0, dash == std::string::npos ? part.size() : dash);
+    const auto after = dash == std::string::npos ? std::string_view() : std::string_view(part).substr(dash + 1);
+    auto blank = [](std::string_view text) { return text.find_first_not_of(' ') == std::string_view::npos; };
     std::uint64_t first = 0;
-    std::uint64_t last = 0;
-    if (dash == std::string::npos || !number(std::string_view(part).substr(0, dash), first) ||
-        !number(std::string_view(part).substr(dash + 1), last) || last < first) {
-      return std::unexpected("malformed X-Range-Dirty range '" + part.substr(0, 80) + "'");
+    std::uint64_t last = size == 0 ? 0 : size - 1;
+    bool valid = dash != std::string::npos;
+    if (valid && blank(before)) {
+      std::uint64_t length = 0;
+      valid = number(after, length) && length > 0;
+      if (valid && length < size) first = size - length;
+    } else if (valid) {
+      valid = number(before, first) && (blank(after) || (number(after, last) && last >= first));
     }
+    if (!valid) return std::unexpected("malformed X-Range-Dirty range '" + part.substr(0, 80) + "'");
     if (first >= size) continue;
     ranges.emplace_back(first, std::min(last, size - 1) + 1);
   }
@@ -1117,21 +1133,24 @@ HttpResponse Handlers::file_chunk_hashes(const std::string& hash_text) {
 
   FileByteSource source(s_.metadata_, s_.xorbs_, record);
   // Where a window whose edited bytes end at `dirty_end` may end: the first chunk boundary at or
-  // after it that every chunker reaches whatever came before dirty_end.
+  // after it that every chunker reaches whatever came before dirty_end. The bytes after it are
+  // read in doubling spans, each searched whole (a boundary near a span's end is undecided).
   auto window_end = [&](std::uint64_t dirty_end) -> std::expected<std::uint64_t, std::string> {
     std::string scanned;
-    constexpr std::size_t kStep = std::size_t{256} << 10;
-    while (dirty_end + scanned.size() < record.size && scanned.size() < kMaxResyncScan) {
-      const std::size_t before = scanned.size();
-      scanned.resize(before + kStep);
-      const auto got = source.read(dirty_end + before, scanned.data() + before, kStep);
-      if (got < 0) return std::unexpected("reading file " + hash_text + " failed");
-      scanned.resize(before + static_cast<std::size_t>(got));
-      if (got == 0) break;
+    for (std::uint64_t span = std::uint64_t{1} << 20; dirty_end + scanned.size() < record.size; span *= 2) {
+      const std::uint64_t want = std::min({span, kMaxResyncScan, record.size - dirty_end});
+      while (scanned.size() < want) {
+        const std::size_t before = scanned.size();
+        scanned.resize(static_cast<std::size_t>(want));
+        const auto got = source.read(dirty_end + before, scanned.data() + before, scanned.size() - before);
+        if (got <= 0) return std::unexpected("reading file " + hash_text + " failed");
+        scanned.resize(before + static_cast<std::size_t>(got));
+      }
       for (const auto boundary : xet::certain_boundaries(
                xet::ByteSpan(reinterpret_cast<const std::byte*>(scanned.data()), scanned.size()))) {
         if (boundary_index(dirty_end + boundary)) return dirty_end + boundary;
       }
+      if (want == kMaxResyncScan) break;
     }
     return record.size;
   };
@@ -1141,7 +1160,7 @@ HttpResponse Handlers::file_chunk_hashes(const std::string& hash_text) {
     std::uint64_t dirty_end = (*dirty)[i].second;
     auto end = window_end(dirty_end);
     for (++i; end && i < dirty->size() && (*dirty)[i].first <= *end; ++i) {
-      if ((*dirty)[i].second > dirty_end) {
+      if ((*dirty)[i].second > dirty_end && *end < record.size) {
         dirty_end = (*dirty)[i].second;
         end = window_end(dirty_end);
       }

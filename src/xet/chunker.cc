@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <optional>
+#include <set>
 #include <span>
 #include <thread>
 
@@ -130,28 +131,108 @@ std::vector<std::size_t> chunk_lengths(ByteSpan data) {
   return lengths;
 }
 
-// Let x1 < x2 be consecutive cut candidates (positions whose 64-byte hash window has its top 16
-// bits zero) with both windows inside `data`, and q the last cut a chunker makes before x2.
-//  - q == x1: no candidate lies between, so the next cut is x2 (x2 - x1 is within [min, max]).
-//  - q < x1: the chunker passed x1 without cutting, so x1 - q < min (at or past min it would cut
-//    at x1 or before; past max it would have been forced to cut before x1). Its next cut is the
-//    first candidate at or past q + min, which is x2, and x2 - q < (max - min) + min = max, so
-//    no forced cut comes first.
-//  - x1 < q < x2 is impossible: with no candidate there, q would be a forced cut, q = p + max
-//    for an earlier cut p with x1 - p < min, so q - x1 > max - min >= x2 - x1.
-std::vector<std::size_t> certain_boundaries(ByteSpan data) {
+std::vector<std::size_t> npm_client_chunk_lengths(ByteSpan data) {
   const auto* bytes = reinterpret_cast<const std::uint8_t*>(data.data());
-  std::vector<std::size_t> found;
-  std::optional<std::size_t> previous;  // the last candidate with its whole window in data
-  std::uint64_t hash = 0;
-  for (std::size_t i = 0; i < data.size(); ++i) {
-    hash = roll(hash, bytes[i]);
-    const std::size_t position = i + 1;
-    if (position < kHashWindow || (hash & kBoundaryMask) != 0) continue;
-    if (previous && position - *previous >= kMinChunkSize && position - *previous <= kMaxChunkSize - kMinChunkSize) {
-      found.push_back(position);
+  std::vector<std::size_t> lengths;
+  for (std::size_t start = 0; start < data.size();) {
+    const std::size_t scan_end = std::min(data.size(), start + kMaxChunkSize);
+    std::size_t end = scan_end;
+    std::uint64_t hash = 0;
+    for (std::size_t i = std::min(start + kMinChunkSize - kHashWindow - 1, scan_end); i < scan_end; ++i) {
+      hash = roll(hash, bytes[i]);
+      if ((hash & kBoundaryMask) == 0) {
+        end = i + 1;
+        break;
+      }
     }
-    previous = position;
+    lengths.push_back(end - start);
+    start = end;
+  }
+  return lengths;
+}
+
+namespace {
+
+// Next cut of a chunker that cut at `from` (an offset into `bytes`, whose candidates are
+// `candidates`), by one of the two rules in use: xet-core's and ours (the spec: test from 8,192
+// bytes into a chunk) or the npm client's (its hash restarts 8,127 bytes in, so it also tests
+// 8,128 to 8,190 bytes in, with a hash of fewer than 64 bytes). nullopt when that cut is not
+// decided within the bytes.
+std::optional<std::size_t> next_cut_by_rule(const std::uint8_t* bytes, std::size_t size,
+                                            const std::vector<std::size_t>& candidates, std::size_t from,
+                                            bool npm_rule) {
+  const std::size_t forced = from + kMaxChunkSize;
+  std::size_t first_full_window = from + kMinChunkSize;
+  if (npm_rule) {
+    std::uint64_t hash = 0;
+    const std::size_t restart = from + kMinChunkSize - kHashWindow - 1;
+    for (std::size_t end = restart + 1; end < restart + kHashWindow && end <= size; ++end) {
+      hash = roll(hash, bytes[end - 1]);
+      if ((hash & kBoundaryMask) == 0) return end;
+    }
+    first_full_window = restart + kHashWindow;
+  }
+  const auto candidate = std::lower_bound(candidates.begin(), candidates.end(), first_full_window);
+  if (candidate != candidates.end() && *candidate <= forced) return *candidate;
+  if (forced <= size) return forced;
+  return std::nullopt;
+}
+
+}  // namespace
+
+// Simulates every chunker that may arrive at data's first byte. Its last cut q lies within
+// kMaxChunkSize before it, and the bytes before data are unknown. Its next cut then comes no later
+// than the first full-window candidate at least kMinChunkSize into data (or kMaxChunkSize): both
+// rules cut there at the latest from any q <= 0. So every position up to that bound counts as a
+// possible cut. From a cut inside data, each rule's next cut is decided by data's bytes alone,
+// and both rules' are followed. A position x is certain when no possible cut before it jumps
+// past it: every chunker, under either rule, then cuts at x. Past x only x's successors remain.
+// This over-counts the possible cuts (mixing rules, all positions of the first stretch), which
+// can only make a position less likely to qualify, never wrongly.
+std::vector<std::size_t> certain_boundaries(ByteSpan data) {
+  // Possible cuts followed before giving up. Where candidates are rare, forced cuts keep up to
+  // 128 Ki phases apart for as long as the rarity lasts (a run of zeros: for ever), while the
+  // paths over random data converge within a few chunks, even from a first stretch of 128 KiB
+  // without a candidate (about 45,000 paths at once).
+  constexpr std::size_t kMaxFollowed = std::size_t{1} << 20;
+  std::size_t followed = 0;
+  const auto* bytes = reinterpret_cast<const std::uint8_t*>(data.data());
+  const std::size_t size = data.size();
+  std::vector<std::size_t> candidates;  // ends of full 64-byte windows with the top 16 bits zero
+  std::uint64_t hash = 0;
+  for (std::size_t i = 0; i < size; ++i) {
+    hash = roll(hash, bytes[i]);
+    if (i + 1 >= kHashWindow && (hash & kBoundaryMask) == 0) candidates.push_back(i + 1);
+  }
+  std::vector<std::size_t> found;
+  auto first_bound = std::lower_bound(candidates.begin(), candidates.end(), kMinChunkSize);
+  const std::size_t bound =
+      first_bound != candidates.end() ? std::min(*first_bound, kMaxChunkSize) : kMaxChunkSize;
+  if (bound > size) return found;
+  std::size_t reach = bound;  // the furthest next cut of any possible cut so far
+  std::set<std::size_t> open;  // possible cuts past `bound` not yet followed
+  auto follow = [&](std::size_t from) -> bool {
+    if (++followed > kMaxFollowed) return false;
+    for (const bool npm_rule : {false, true}) {
+      const auto next = next_cut_by_rule(bytes, size, candidates, from, npm_rule);
+      if (!next) return false;
+      reach = std::max(reach, *next);
+      open.insert(*next);
+    }
+    return true;
+  };
+  for (std::size_t from = 0; from <= bound; ++from) {
+    if (!follow(from)) return found;
+  }
+  while (!open.empty()) {
+    const std::size_t position = *open.begin();
+    open.erase(open.begin());
+    if (position <= bound) continue;
+    if (reach == position) {
+      found.push_back(position);
+      open.clear();  // every chunking passes here: only its continuations remain
+    }
+    if (!follow(position)) break;
   }
   return found;
 }

@@ -141,24 +141,26 @@ TEST(Chunker, LocalEditChangesOnlyNearbyChunks) {
 }
 
 // Cut positions (ends of chunks, from the stream's start) of a whole buffer.
-std::vector<std::size_t> cut_positions(ByteSpan data) {
+std::vector<std::size_t> cut_positions(const std::vector<std::size_t>& lengths) {
   std::vector<std::size_t> cuts;
   std::size_t at = 0;
-  for (const auto length : chunk_lengths(data)) cuts.push_back(at += length);
+  for (const auto length : lengths) cuts.push_back(at += length);
   return cuts;
 }
 
 // Whatever came before (random bytes, a run that forces maximum-size chunks, nothing), the
 // chunker cuts at every certain boundary of the bytes that follow: a range edit relies on it.
 TEST(Chunker, CertainBoundariesHoldAfterAnyPrefix) {
-  // Random stretches separated by zero runs, which have no cut candidates: the candidates are
-  // sparse there and only pairs within the bounds may qualify.
+  // Random stretches separated by zero runs, which have no cut candidates (forced cuts there), then
+  // 4 MiB of random data: there about one chunk in 12 ends early under the npm client's rule.
   Bytes data;
   for (int piece = 0; piece < 12; ++piece) {
     const auto random = testing::splitmix(100 + piece, (piece % 3 + 1) * 70'000);
     data.insert(data.end(), random.begin(), random.end());
     data.insert(data.end(), static_cast<std::size_t>(piece * 23'000), std::byte{0});
   }
+  const auto tail = testing::splitmix(99, 4 << 20);
+  data.insert(data.end(), tail.begin(), tail.end());
   const auto certain = certain_boundaries(data);
   ASSERT_GE(certain.size(), 5u);
   std::mt19937_64 random(7);
@@ -170,15 +172,52 @@ TEST(Chunker, CertainBoundariesHoldAfterAnyPrefix) {
     if (i % 4 == 0) bytes.insert(bytes.end(), random() % 200'000, std::byte{0});
     prefixes.push_back(std::move(bytes));
   }
+  std::size_t npm_early_cuts = 0;
   for (const auto& prefix : prefixes) {
     Bytes stream = prefix;
     stream.insert(stream.end(), data.begin(), data.end());
-    const auto cuts = cut_positions(stream);
-    for (const auto boundary : certain) {
-      EXPECT_TRUE(std::binary_search(cuts.begin(), cuts.end(), prefix.size() + boundary))
-          << "prefix of " << prefix.size() << " bytes, boundary " << boundary;
+    // Our chunker and the npm client's, which also cuts 8,128 to 8,190 bytes into a chunk.
+    const auto npm_lengths = npm_client_chunk_lengths(stream);
+    npm_early_cuts += static_cast<std::size_t>(std::count_if(
+        npm_lengths.begin(), npm_lengths.end() - 1, [](std::size_t length) { return length < kMinChunkSize; }));
+    for (const auto& cuts : {cut_positions(chunk_lengths(stream)), cut_positions(npm_lengths)}) {
+      for (const auto boundary : certain) {
+        EXPECT_TRUE(std::binary_search(cuts.begin(), cuts.end(), prefix.size() + boundary))
+            << "prefix of " << prefix.size() << " bytes, boundary " << boundary;
+      }
     }
   }
+  EXPECT_GT(npm_early_cuts, 20u);  // the npm rule's own cuts were exercised
+}
+
+// Over a long stretch of random data, under both rules: the npm client's early cuts (8,128 to
+// 8,190 bytes into a chunk) must not skip a certain boundary either.
+TEST(Chunker, CertainBoundariesHoldUnderBothRulesOverLongRandomData) {
+  const auto data = testing::splitmix(31, 24 << 20);
+  const auto certain = certain_boundaries(data);
+  ASSERT_GT(certain.size(), 100u);
+  for (const std::size_t prefix_size : {std::size_t{0}, std::size_t{77'777}}) {
+    Bytes stream = testing::splitmix(32, prefix_size);
+    stream.insert(stream.end(), data.begin(), data.end());
+    for (const auto& cuts : {cut_positions(chunk_lengths(stream)), cut_positions(npm_client_chunk_lengths(stream))}) {
+      std::size_t missing = 0;
+      for (const auto boundary : certain) {
+        missing += std::binary_search(cuts.begin(), cuts.end(), prefix_size + boundary) ? 0 : 1;
+      }
+      EXPECT_EQ(missing, 0u) << "prefix of " << prefix_size << " bytes";
+    }
+  }
+}
+
+TEST(Chunker, NpmClientRuleDiffersFromTheSpecOnlyBelow8KiB) {
+  const auto data = testing::splitmix(22, 8 << 20);
+  const auto ours = chunk_lengths(data);
+  const auto npm = npm_client_chunk_lengths(data);
+  EXPECT_EQ(std::accumulate(npm.begin(), npm.end(), std::size_t{0}), data.size());
+  const auto early = std::count_if(npm.begin(), npm.end() - 1, [](std::size_t length) { return length < kMinChunkSize; });
+  EXPECT_GT(early, 0);
+  for (std::size_t i = 0; i + 1 < npm.size(); ++i) EXPECT_GE(npm[i], 8128u);
+  EXPECT_NE(ours, npm);
 }
 
 TEST(Chunker, CertainBoundariesOfRandomDataAreFrequent) {

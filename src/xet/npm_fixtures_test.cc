@@ -9,6 +9,7 @@
 #include <fstream>
 #include <map>
 
+#include "bucketfs/xet/chunker.h"
 #include "bucketfs/xet/shard.h"
 #include "bucketfs/xet/xorb.h"
 #include "vector_inputs.h"
@@ -141,6 +142,25 @@ TEST_F(NpmFixtures, FileHashAgreesWithOurChunkerWhereTheChunkersAgree) {
     return;
   }
   FAIL() << "case random_1000000_seed0 missing";
+}
+
+// npm_client_chunk_lengths is the npm client's chunker: the lengths it cut every fixture input
+// into, early cuts below 8 KiB included.
+TEST_F(NpmFixtures, NpmClientChunkLengthsAreTheClientsChunks) {
+  std::map<std::string, std::vector<std::byte>> inputs;
+  std::size_t chunks_checked = 0;
+  for (const auto& c : manifest_.at("cases")) {
+    for (const auto& f : c.at("files")) {
+      SCOPED_TRACE(f.at("path").get<std::string>());
+      const auto input = generate(f.at("input").at("generator"), inputs);
+      inputs[f.at("name").get<std::string>()] = input;
+      std::vector<std::size_t> expected;
+      for (const auto& chunk : f.at("npm_chunker").at("chunks")) expected.push_back(chunk.at(0).get<std::size_t>());
+      EXPECT_EQ(npm_client_chunk_lengths(input), expected);
+      chunks_checked += expected.size();
+    }
+  }
+  EXPECT_GE(chunks_checked, 100u);
 }
 
 TEST_F(NpmFixtures, DedupResponseShardParsesWithFooterAndKey) {

@@ -45,13 +45,19 @@ class Chunker {
 // Every chunk boundary of a whole buffer, as chunk lengths in order.
 std::vector<std::size_t> chunk_lengths(ByteSpan data);
 
+// The chunk lengths the npm client (@huggingface/xetchunk-wasm 0.2.0) cuts `data` into. It
+// differs from the spec, xet-core and chunk_lengths(): its hash restarts 8,127 bytes into a chunk
+// and it tests every position from there, so about one chunk in 12 of random data ends 8,128 to
+// 8,190 bytes in. For interop checks.
+std::vector<std::size_t> npm_client_chunk_lengths(ByteSpan data);
+
 // Positions in `data` (offsets from its first byte, in increasing order) at which every chunker
-// ends a chunk, whatever its state when it reached data's first byte: data preceded by anything.
-// A rewrite of a stream's bytes before `data` therefore leaves its chunking from the first such
-// position on unchanged, which is what lets a range edit re-chunk a window of a file and keep
-// the original chunks after it. Found from data's bytes alone: a position x2 qualifies when the
-// last cut candidate before it, x1, has its 64-byte hash window inside `data` and
-// kMinChunkSize <= x2 - x1 <= kMaxChunkSize - kMinChunkSize (see chunker.cc for the argument).
+// ends a chunk, under the spec's rule and under the npm client's alike, whatever it did before
+// reaching data's first byte (the bytes before it are unknown). A rewrite of a stream's bytes
+// before `data` therefore leaves the chunking from the first such position on unchanged. This is
+// what lets a range edit re-chunk a window of a file and keep the original chunks after it.
+// Found by following every chunking data's bytes allow (see chunker.cc); empty when they do not
+// converge, as in long runs of bytes with no cut candidate.
 std::vector<std::size_t> certain_boundaries(ByteSpan data);
 
 // Chunks a stream and hashes each chunk as its bytes pass, without copying them.
