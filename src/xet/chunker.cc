@@ -192,9 +192,9 @@ std::optional<std::size_t> next_cut_by_rule(const std::uint8_t* bytes, std::size
 std::vector<std::size_t> certain_boundaries(ByteSpan data) {
   // Possible cuts followed before giving up. Where candidates are rare, forced cuts keep up to
   // 128 Ki phases apart for as long as the rarity lasts (a run of zeros: for ever), while the
-  // paths over random data converge within a few chunks, even from a first stretch of 128 KiB
-  // without a candidate (about 45,000 paths at once).
-  constexpr std::size_t kMaxFollowed = std::size_t{1} << 20;
+  // paths over random data converge within a few chunks: the first stretch (at most 128 Ki
+  // positions, each followed once) and then a few thousand.
+  constexpr std::size_t kMaxFollowed = std::size_t{1} << 18;
   std::size_t followed = 0;
   const auto* bytes = reinterpret_cast<const std::uint8_t*>(data.data());
   const std::size_t size = data.size();

@@ -209,6 +209,20 @@ TEST(Chunker, CertainBoundariesHoldUnderBothRulesOverLongRandomData) {
   }
 }
 
+// Zeros have no cut candidate: forced cuts keep every phase apart, nothing is ever certain, and
+// the search gives up instead of following every phase to the end.
+TEST(Chunker, NoCertainBoundaryInZeros) {
+  const Bytes zeros(8 << 20, std::byte{0});
+  EXPECT_TRUE(certain_boundaries(zeros).empty());
+  // After a short zero run, random data converges again.
+  Bytes mixed(64 << 10, std::byte{0});
+  const auto random = testing::splitmix(41, 2 << 20);
+  mixed.insert(mixed.end(), random.begin(), random.end());
+  const auto certain = certain_boundaries(mixed);
+  ASSERT_FALSE(certain.empty());
+  EXPECT_GT(certain.front(), std::size_t{64} << 10);
+}
+
 TEST(Chunker, NpmClientRuleDiffersFromTheSpecOnlyBelow8KiB) {
   const auto data = testing::splitmix(22, 8 << 20);
   const auto ours = chunk_lengths(data);
