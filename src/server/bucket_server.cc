@@ -550,6 +550,21 @@ class Handlers {
     return grant;
   }
 
+  // The record of the file `hash_text` names, for a CAS read: 401/403 without a usable token, 400
+  // for a malformed id, 404 when the file is unknown or the token's bucket may not read it.
+  std::expected<FileRecord, HttpResponse> readable_file(const std::string& hash_text) {
+    auto grant = cas_grant(Access::kRead);
+    if (!grant) return std::unexpected(grant.error());
+    auto hash = parse_hash(hash_text);
+    if (!hash) return std::unexpected(error_response(400, "malformed file id '" + hash_text.substr(0, 80) + "'"));
+    auto readable = s_.metadata_.bucket_may_read(grant->bucket, *hash);
+    if (!readable) return std::unexpected(error_response(500, readable.error().message));
+    auto file = s_.metadata_.file(*hash);
+    if (!file) return std::unexpected(error_response(500, file.error().message));
+    if (!*file || !*readable) return std::unexpected(error_response(404, "file " + hash_text + " not found"));
+    return std::move(**file);
+  }
+
   HttpResponse upload_xorb(const std::string& prefix, const std::string& hash_text) {
     auto grant = cas_grant(Access::kWrite);
     if (!grant) return grant.error();
@@ -593,16 +608,9 @@ class Handlers {
   HttpResponse sized_empty(int status, std::uint64_t size);
 
   HttpResponse head_file(const std::string& hash_text) {
-    auto grant = cas_grant(Access::kRead);
-    if (!grant) return grant.error();
-    auto hash = parse_hash(hash_text);
-    if (!hash) return error_response(400, "malformed file hash");
-    auto readable = s_.metadata_.bucket_may_read(grant->bucket, *hash);
-    if (!readable) return error_response(500, readable.error().message);
-    auto file = s_.metadata_.file(*hash);
-    if (!file) return error_response(500, file.error().message);
-    if (!*file || !*readable) return error_response(404, "file not found");
-    return sized_empty(200, (*file)->size);
+    auto file = readable_file(hash_text);
+    if (!file) return file.error();
+    return sized_empty(200, file->size);
   }
 
   HttpResponse upload_shard() {
@@ -742,21 +750,9 @@ class Handlers {
   }
 
   HttpResponse reconstruction(const std::string& hash_text, int version) {
-    auto grant = cas_grant(Access::kRead);
-    if (!grant) return grant.error();
-    auto hash = parse_hash(hash_text);
-    if (!hash) return error_response(400, "malformed file id '" + hash_text.substr(0, 80) + "'");
-    auto readable = s_.metadata_.bucket_may_read(grant->bucket, *hash);
-    if (!readable) return error_response(500, readable.error().message);
-    auto file = s_.metadata_.file(*hash);
-    if (!file) return error_response(500, file.error().message);
-    if (!*file || !*readable) {
-      if (hash->is_zero() && *readable) {
-        // unreachable: the empty file has no record
-      }
-      return error_response(404, "file " + hash_text + " not found");
-    }
-    const FileRecord& record = **file;
+    auto file = readable_file(hash_text);
+    if (!file) return file.error();
+    const FileRecord& record = *file;
     auto range = parse_single_range(header(request_, "Range"));
     if (!range) return error_response(400, range.error());
     std::uint64_t first = 0;
@@ -857,16 +853,9 @@ class Handlers {
   //   {"offset": file offset of the first chunk listed, "size": file size,
   //    "terms": [{"xorb": hash, "start": first chunk index, "chunks": [{"hash": h, "size": n}...]}]}
   HttpResponse file_chunks(const std::string& hash_text) {
-    auto grant = cas_grant(Access::kRead);
-    if (!grant) return grant.error();
-    auto hash = parse_hash(hash_text);
-    if (!hash) return error_response(400, "malformed file id '" + hash_text.substr(0, 80) + "'");
-    auto readable = s_.metadata_.bucket_may_read(grant->bucket, *hash);
-    if (!readable) return error_response(500, readable.error().message);
-    auto file = s_.metadata_.file(*hash);
-    if (!file) return error_response(500, file.error().message);
-    if (!*file || !*readable) return error_response(404, "file " + hash_text + " not found");
-    const FileRecord& record = **file;
+    auto file = readable_file(hash_text);
+    if (!file) return file.error();
+    const FileRecord& record = *file;
     auto range = parse_single_range(header(request_, "Range"));
     if (!range) return error_response(400, range.error());
     std::uint64_t first = 0;
@@ -1086,16 +1075,9 @@ HttpResponse Handlers::file_chunk_hashes(const std::string& hash_text) {
   // Past this many bytes after a dirty range without a boundary the edit cannot move, the window
   // runs to the end of the file (always correct; only the client re-chunks more).
   constexpr std::uint64_t kMaxResyncScan = std::uint64_t{8} << 20;
-  auto grant = cas_grant(Access::kRead);
-  if (!grant) return grant.error();
-  auto hash = parse_hash(hash_text);
-  if (!hash) return error_response(400, "malformed file id '" + hash_text.substr(0, 80) + "'");
-  auto readable = s_.metadata_.bucket_may_read(grant->bucket, *hash);
-  if (!readable) return error_response(500, readable.error().message);
-  auto file = s_.metadata_.file(*hash);
-  if (!file) return error_response(500, file.error().message);
-  if (!*file || !*readable) return error_response(404, "file " + hash_text + " not found");
-  const FileRecord& record = **file;
+  auto file = readable_file(hash_text);
+  if (!file) return file.error();
+  const FileRecord& record = *file;
   auto dirty = parse_dirty_ranges(header(request_, "X-Range-Dirty"), record.size);
   if (!dirty) return error_response(400, dirty.error());
 
