@@ -1114,13 +1114,13 @@ HttpResponse Handlers::file_chunk_hashes(const std::string& hash_text) {
   };
 
   FileByteSource source(s_.metadata_, s_.xorbs_, record);
-  // Where a window whose edited bytes end at `dirty_end` may end: the first chunk boundary at or
-  // after it that every chunker reaches whatever came before dirty_end. The bytes after it are
-  // read in doubling spans, each searched whole (a boundary near a span's end is undecided).
   // Bytes searched per request, over all its windows: past it, windows run to the end of the file.
   // A search that gives up (runs of zeros) costs about 0.1 s per MiB, so a request stays within
   // a couple of seconds.
   std::uint64_t search_budget = std::uint64_t{16} << 20;
+  // Where a window whose edited bytes end at `dirty_end` may end: the first chunk boundary at or
+  // after it that every chunker reaches whatever came before dirty_end. The bytes after it are
+  // read in doubling spans, each searched whole (a boundary near a span's end is undecided).
   auto window_end = [&](std::uint64_t dirty_end) -> std::expected<std::uint64_t, std::string> {
     std::string scanned;
     for (std::uint64_t span = std::uint64_t{1} << 20; dirty_end + scanned.size() < record.size; span *= 2) {
