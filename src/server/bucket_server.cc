@@ -110,6 +110,21 @@ std::expected<std::optional<ByteRange>, std::string> parse_single_range(const st
   return std::optional<ByteRange>{range};
 }
 
+// `ranges` ([first, end) pairs) sorted, with overlapping or touching ones merged.
+template <typename Offset>
+std::vector<std::pair<Offset, Offset>> merged_ranges(std::vector<std::pair<Offset, Offset>> ranges) {
+  std::sort(ranges.begin(), ranges.end());
+  std::vector<std::pair<Offset, Offset>> merged;
+  for (const auto& range : ranges) {
+    if (!merged.empty() && range.first <= merged.back().second) {
+      merged.back().second = std::max(merged.back().second, range.second);
+    } else {
+      merged.push_back(range);
+    }
+  }
+  return merged;
+}
+
 // X-Range-Dirty "bytes=A-B[,C-D...]" (inclusive ends) as sorted, merged half-open ranges within a
 // file of `size` bytes (ranges past its end dropped, ends clamped). Error text when the header is
 // missing or malformed or no range lies within the file.
@@ -156,16 +171,7 @@ std::expected<std::vector<std::pair<std::uint64_t, std::uint64_t>>, std::string>
   if (ranges.empty()) {
     return std::unexpected("no X-Range-Dirty range lies within the file (" + std::to_string(size) + " bytes)");
   }
-  std::sort(ranges.begin(), ranges.end());
-  std::vector<std::pair<std::uint64_t, std::uint64_t>> merged;
-  for (const auto& range : ranges) {
-    if (!merged.empty() && range.first <= merged.back().second) {
-      merged.back().second = std::max(merged.back().second, range.second);
-    } else {
-      merged.push_back(range);
-    }
-  }
-  return merged;
+  return merged_ranges(std::move(ranges));
 }
 
 std::optional<xet::Hash> parse_hash(std::string_view text) {
@@ -814,15 +820,7 @@ class Handlers {
     }
     json fetch = json::object();
     for (auto& [xorb_hash, ranges] : needed) {
-      std::sort(ranges.begin(), ranges.end());
-      std::vector<std::pair<std::uint32_t, std::uint32_t>> merged;
-      for (const auto& r : ranges) {
-        if (!merged.empty() && r.first <= merged.back().second) {
-          merged.back().second = std::max(merged.back().second, r.second);
-        } else {
-          merged.push_back(r);
-        }
-      }
+      const auto merged = merged_ranges(std::move(ranges));
       auto xorb = s_.metadata_.xorb(xorb_hash);
       if (!xorb) return error_response(500, xorb.error().message);
       if (!*xorb) return error_response(500, "xorb " + xorb_hash.to_string() + " of a registered file is missing");
