@@ -53,6 +53,64 @@ bool Owner::alive() const {
   return ticks.has_value() && *ticks == start_ticks;
 }
 
+namespace {
+
+// Adds [start, end) to sorted, disjoint, not touching `ranges`, merging what it overlaps or touches.
+void add_range(std::vector<xet::FileByteRange>& ranges, std::uint64_t start, std::uint64_t end) {
+  if (start >= end) return;
+  // The first range that ends at or after `start`, and the first that starts past `end`:
+  // everything between merges with [start, end).
+  auto first = std::lower_bound(ranges.begin(), ranges.end(), start,
+                                [](const xet::FileByteRange& range, std::uint64_t at) { return range.end < at; });
+  auto last = std::upper_bound(first, ranges.end(), end,
+                               [](std::uint64_t at, const xet::FileByteRange& range) { return at < range.start; });
+  if (first != last) {
+    start = std::min(start, first->start);
+    end = std::max(end, std::prev(last)->end);
+  }
+  const auto at = ranges.erase(first, last);
+  ranges.insert(at, xet::FileByteRange{start, end});
+}
+
+void cut_ranges(std::vector<xet::FileByteRange>& ranges, std::uint64_t size) {
+  while (!ranges.empty() && ranges.back().start >= size) ranges.pop_back();
+  if (!ranges.empty()) ranges.back().end = std::min(ranges.back().end, size);
+}
+
+// Appends to `gaps` the parts of [start, end) that no range of `ranges` covers.
+void append_gaps(const std::vector<xet::FileByteRange>& ranges, std::uint64_t start, std::uint64_t end,
+                 std::vector<xet::FileByteRange>& gaps) {
+  auto range = std::upper_bound(ranges.begin(), ranges.end(), start,
+                                [](std::uint64_t at, const xet::FileByteRange& range) { return at < range.end; });
+  for (std::uint64_t at = start; at < end; ++range) {
+    const std::uint64_t next = range == ranges.end() ? end : std::min(end, range->start);
+    if (at < next) gaps.push_back({at, next});
+    if (range == ranges.end()) break;
+    at = std::max(at, range->end);
+  }
+}
+
+}  // namespace
+
+void UnfetchedBase::add_written(std::uint64_t start, std::uint64_t end) { add_range(written, start, end); }
+
+void UnfetchedBase::add_fetched(std::uint64_t start, std::uint64_t end) { add_range(fetched, start, end); }
+
+void UnfetchedBase::truncate(std::uint64_t new_size) {
+  limit = std::min(limit, new_size);
+  cut_ranges(written, new_size);
+  cut_ranges(fetched, new_size);
+}
+
+std::vector<xet::FileByteRange> UnfetchedBase::missing(std::uint64_t start, std::uint64_t end) const {
+  std::vector<xet::FileByteRange> not_written;
+  append_gaps(written, start, std::min(end, limit), not_written);
+  if (fetched.empty()) return not_written;
+  std::vector<xet::FileByteRange> gaps;
+  for (const auto& gap : not_written) append_gaps(fetched, gap.start, gap.end, gaps);
+  return gaps;
+}
+
 std::string encode_journal_record(const JournalRecord& record) {
   nlohmann::json value = {
       {"bucket", record.bucket},
@@ -66,6 +124,15 @@ std::string encode_journal_record(const JournalRecord& record) {
   if (!record.also_bases.empty()) {
     auto& list = value["also_bases"] = nlohmann::json::array();
     for (const auto& hash : record.also_bases) list.push_back(hash.to_string());
+  }
+  if (record.unfetched) {
+    const auto& unfetched = *record.unfetched;
+    auto written = nlohmann::json::array();
+    for (const auto& range : unfetched.written) written.push_back({range.start, range.end});
+    value["unfetched"] = {{"hash", unfetched.hash.to_string()},
+                          {"size", unfetched.size},
+                          {"limit", unfetched.limit},
+                          {"written", std::move(written)}};
   }
   return value.dump();
 }
@@ -95,6 +162,29 @@ Result<JournalRecord> decode_journal_record(std::string_view key, std::string_vi
         if (!hash) throw std::runtime_error("also_bases holds a non-hash");
         record.also_bases.push_back(*hash);
       }
+    }
+    if (json.contains("unfetched")) {
+      const auto& item = json.at("unfetched");
+      UnfetchedBase unfetched;
+      auto hash = xet::Hash::from_string(item.at("hash").get<std::string>());
+      if (!hash) throw std::runtime_error("unfetched.hash is not a hash");
+      unfetched.hash = *hash;
+      unfetched.size = item.at("size").get<std::uint64_t>();
+      unfetched.limit = item.at("limit").get<std::uint64_t>();
+      if (unfetched.limit > unfetched.size || unfetched.limit > record.size) {
+        throw std::runtime_error("unfetched.limit is past the version or the file");
+      }
+      std::uint64_t previous_end = 0;
+      for (const auto& pair : item.at("written")) {
+        const xet::FileByteRange range{pair.at(0).get<std::uint64_t>(), pair.at(1).get<std::uint64_t>()};
+        const bool first = unfetched.written.empty();
+        if (range.start >= range.end || range.end > record.size || (!first && range.start <= previous_end)) {
+          throw std::runtime_error("unfetched.written is not sorted, disjoint ranges within the file");
+        }
+        previous_end = range.end;
+        unfetched.written.push_back(range);
+      }
+      record.unfetched = std::move(unfetched);
     }
     return record;
   } catch (const std::exception& error) {

@@ -143,6 +143,119 @@ TEST(JournalTest, OwnerAliveOnlyWhileItsProcessRuns) {
   EXPECT_FALSE(other_boot.alive());
 }
 
+TEST(JournalTest, UnfetchedBaseRoundTripsAndIsChecked) {
+  auto with = record("f1", "big.bin");
+  with.size = 1000;
+  UnfetchedBase unfetched;
+  unfetched.hash = xet::chunk_hash(xet::as_byte_span(std::string("v1")));
+  unfetched.size = 1200;
+  unfetched.limit = 900;
+  unfetched.written = {{10, 20}, {500, 1000}};
+  with.unfetched = unfetched;
+  auto decoded = decode_journal_record("f1", encode_journal_record(with));
+  ASSERT_TRUE(decoded) << decoded.error().message;
+  ASSERT_TRUE(decoded->unfetched);
+  EXPECT_EQ(*decoded->unfetched, unfetched);
+  EXPECT_EQ(encode_journal_record(record("f2", "x")).find("unfetched"), std::string::npos);
+  // Ranges out of order, overlapping, empty or past the file, and a limit past the version,
+  // are refused: recovery must not fill bytes a record does not describe.
+  const std::string head = R"({"bucket":"a/b","path":"p","mtime_ms":1,"size":100,"owner":{"pid":1,"start":1,"boot":"x"},)"
+                           R"("unfetched":{"hash":")" + unfetched.hash.to_string() + R"(","size":100,)";
+  EXPECT_TRUE(decode_journal_record("ok", head + R"("limit":100,"written":[[0,5],[6,100]]}})"));
+  for (const std::string tail : {R"("limit":100,"written":[[6,9],[0,5]]}})", R"("limit":100,"written":[[0,5],[5,9]]}})",
+                                 R"("limit":100,"written":[[5,5]]}})", R"("limit":100,"written":[[0,101]]}})",
+                                 R"("limit":101,"written":[]}})", R"("written":[]}})"}) {
+    auto bad = decode_journal_record("f4", head + tail);
+    EXPECT_FALSE(bad) << tail;
+    if (!bad) continue;
+    EXPECT_NE(bad.error().message.find("f4"), std::string::npos);
+  }
+}
+
+TEST(UnfetchedBaseTest, WrittenRangesMergeAndMissingIsTheRest) {
+  UnfetchedBase base;
+  base.size = 100;
+  base.limit = 100;
+  EXPECT_EQ(base.missing(), (std::vector<xet::FileByteRange>{{0, 100}}));
+  base.add_written(10, 20);
+  base.add_written(30, 40);
+  base.add_written(20, 25);  // touches [10, 20): merges
+  EXPECT_EQ(base.written, (std::vector<xet::FileByteRange>{{10, 25}, {30, 40}}));
+  EXPECT_EQ(base.missing(), (std::vector<xet::FileByteRange>{{0, 10}, {25, 30}, {40, 100}}));
+  EXPECT_EQ(base.missing(12, 35), (std::vector<xet::FileByteRange>{{25, 30}}));
+  EXPECT_EQ(base.missing(12, 22), (std::vector<xet::FileByteRange>{}));
+  base.add_written(5, 50);  // covers both
+  EXPECT_EQ(base.written, (std::vector<xet::FileByteRange>{{5, 50}}));
+  base.add_written(7, 7);  // empty: nothing
+  base.add_written(60, 70);
+  base.add_written(90, 100);
+  // Cut at 65: the version ends there, and so does the second range; the third goes.
+  base.truncate(65);
+  EXPECT_EQ(base.limit, 65u);
+  EXPECT_EQ(base.written, (std::vector<xet::FileByteRange>{{5, 50}, {60, 65}}));
+  EXPECT_EQ(base.missing(), (std::vector<xet::FileByteRange>{{0, 5}, {50, 60}}));
+  // Extended again: the new bytes are zeros, not the version's.
+  base.truncate(200);
+  EXPECT_EQ(base.limit, 65u);
+  EXPECT_EQ(base.missing(0, 200), (std::vector<xet::FileByteRange>{{0, 5}, {50, 60}}));
+  // Fetched bytes count as present too, and are cut the same way.
+  base.add_fetched(0, 3);
+  base.add_fetched(52, 200);
+  EXPECT_EQ(base.missing(), (std::vector<xet::FileByteRange>{{3, 5}, {50, 52}}));
+  base.truncate(51);
+  EXPECT_EQ(base.fetched, (std::vector<xet::FileByteRange>{{0, 3}}));
+  EXPECT_EQ(base.missing(), (std::vector<xet::FileByteRange>{{3, 5}, {50, 51}}));
+  // Never recorded: a recovery fetches them again.
+  JournalRecord with = record("f1", "x");
+  with.size = 51;
+  with.unfetched = base;
+  auto decoded = decode_journal_record("f1", encode_journal_record(with));
+  ASSERT_TRUE(decoded) << decoded.error().message;
+  EXPECT_TRUE(decoded->unfetched->fetched.empty());
+  EXPECT_EQ(decoded->unfetched->written, base.written);
+  base.truncate(0);
+  EXPECT_TRUE(base.written.empty());
+  EXPECT_TRUE(base.missing().empty());
+}
+
+TEST(UnfetchedBaseTest, MissingMatchesAByteMapUnderRandomWritesAndCuts) {
+  std::uint64_t state = 42;
+  auto next = [&](std::uint64_t bound) {
+    state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (state >> 33) % bound;
+  };
+  for (int round = 0; round < 200; ++round) {
+    UnfetchedBase base;
+    base.size = base.limit = 1 + next(300);
+    std::vector<char> is_base(base.size, 1);  // 1: still the version's byte
+    std::uint64_t size = base.size;
+    for (int step = 0; step < 12; ++step) {
+      if (next(5) == 0) {
+        size = next(350);
+        base.truncate(size);
+        for (std::uint64_t at = std::min<std::uint64_t>(size, is_base.size()); at < is_base.size(); ++at) is_base[at] = 0;
+        is_base.resize(std::max<std::uint64_t>(size, is_base.size()), 0);
+      } else {
+        const std::uint64_t start = next(size + 1);
+        const std::uint64_t end = std::min<std::uint64_t>(size, start + next(40));
+        base.add_written(start, end);
+        for (std::uint64_t at = start; at < end; ++at) is_base[at] = 0;
+      }
+      std::vector<xet::FileByteRange> expected;
+      for (std::uint64_t at = 0; at < is_base.size(); ++at) {
+        if (!is_base[at]) continue;
+        if (!expected.empty() && expected.back().end == at) {
+          ++expected.back().end;
+        } else {
+          expected.push_back({at, at + 1});
+        }
+      }
+      ASSERT_EQ(base.missing(0, 400), expected) << "round " << round << " step " << step;
+      for (std::size_t i = 1; i < base.written.size(); ++i) ASSERT_LT(base.written[i - 1].end, base.written[i].start);
+    }
+  }
+}
+
 TEST(JournalTest, MalformedRecordIsAnErrorNamingIt) {
   auto decoded = decode_journal_record("f9", "{not json");
   ASSERT_FALSE(decoded);

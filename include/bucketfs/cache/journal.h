@@ -23,6 +23,7 @@
 #include "bucketfs/cache/error.h"
 #include "bucketfs/cache/node_store.h"
 #include "bucketfs/xet/hash.h"
+#include "bucketfs/xet/reconstruction.h"
 
 namespace bucketfs::cache {
 
@@ -39,6 +40,32 @@ struct Owner {
   bool operator==(const Owner&) const = default;
 };
 
+// A staged file that holds only some of its bytes: one opened for writing without O_TRUNC
+// starts as the committed version it was opened from without fetching that version. The staging
+// file then has the file's size but holds only the bytes written since (`written`); the other
+// bytes below `limit` are the committed version's (`hash`, `size`), still to fetch, and those at
+// or past `limit` (where a truncate cut the version) are zeros, as the staging file's holes are.
+struct UnfetchedBase {
+  xet::Hash hash;
+  std::uint64_t size = 0;
+  std::uint64_t limit = 0;
+  std::vector<xet::FileByteRange> written;  // sorted, disjoint and not touching; none empty
+  // Bytes of the version fetched into the staging file since it was staged (same form). Kept in
+  // memory only, never recorded: they may not be synced yet, and a recovery fetches them again.
+  std::vector<xet::FileByteRange> fetched;
+
+  // Records that the staging file holds bytes [start, end) written since it was staged.
+  void add_written(std::uint64_t start, std::uint64_t end);
+  // Records that the staging file holds the version's bytes [start, end).
+  void add_fetched(std::uint64_t start, std::uint64_t end);
+  // The file is cut (or extended) to `new_size`: bytes past it are no longer the version's.
+  void truncate(std::uint64_t new_size);
+  // The parts of [start, end) that are the version's and neither written nor fetched, in order.
+  std::vector<xet::FileByteRange> missing(std::uint64_t start, std::uint64_t end) const;
+  std::vector<xet::FileByteRange> missing() const { return missing(0, limit); }
+  bool operator==(const UnfetchedBase&) const = default;
+};
+
 struct JournalRecord {
   std::string staging_name;        // file name in the staging directory (the key)
   std::string bucket;              // ns/name
@@ -49,6 +76,9 @@ struct JournalRecord {
   std::vector<xet::Hash> also_bases;
   std::int64_t mtime_ms = 0;
   std::uint64_t size = 0;
+  // Set when the staging file lacks bytes of the version it was opened from: recovery fetches
+  // them (by hash, from the bucket's store) before it uploads.
+  std::optional<UnfetchedBase> unfetched;
   Owner owner;
   // Orders records (set by put()): nanoseconds of the real-time clock when put() wrote it, or one
   // more than the last sequence put() stamped in this store when that is higher (the clock stepped
