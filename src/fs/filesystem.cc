@@ -14,7 +14,9 @@
 
 #include "bucketfs/naming/naming.h"
 #include "bucketfs/transfer/compose.h"
+#include "file_io.h"
 #include "log.h"
+#include "unfetched.h"
 
 namespace bucketfs::fs {
 namespace {
@@ -28,35 +30,6 @@ std::int64_t now_ms() {
 
 std::string join(const std::string& directory, const std::string& name) {
   return directory.empty() ? name : directory + "/" + name;
-}
-
-// pwrite(2) of all of `data`, EINTR retried; an errno on failure.
-int write_all(int fd, const std::byte* data, std::size_t size, std::uint64_t offset) {
-  std::size_t done = 0;
-  while (done < size) {
-    const auto n = ::pwrite(fd, data + done, size - done, static_cast<off_t>(offset + done));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return errno;
-    }
-    done += static_cast<std::size_t>(n);
-  }
-  return 0;
-}
-
-// pread(2) of up to `size` bytes (short only at the end of the file).
-std::expected<std::size_t, int> read_all(int fd, std::byte* data, std::size_t size, std::uint64_t offset) {
-  std::size_t done = 0;
-  while (done < size) {
-    const auto n = ::pread(fd, data + done, size - done, static_cast<off_t>(offset + done));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return std::unexpected(errno);
-    }
-    if (n == 0) break;
-    done += static_cast<std::size_t>(n);
-  }
-  return done;
 }
 
 void raise_to_max(std::atomic<std::uint64_t>& value, std::uint64_t candidate) {
@@ -498,19 +471,35 @@ FsResult<void> Filesystem::copy_on_write(std::unique_lock<std::mutex>& lock, Ino
   (*fresh)->version = 1;  // differs from the bucket until committed
   if (!truncate) {
     const std::uint64_t size = old->size.load();
+    std::optional<cache::UnfetchedBase> unfetched;
+    {
+      std::lock_guard unfetched_lock(old->unfetched_mutex);
+      unfetched = old->unfetched;
+    }
+    if (unfetched) unfetched->fetched.clear();  // not copied: only the written bytes are
     lock.unlock();
-    loff_t in = 0;
-    loff_t out = 0;
-    while (static_cast<std::uint64_t>(in) < size) {
-      const auto n = ::copy_file_range(old->fd.get(), &in, (*fresh)->fd.get(), &out, size - in, 0);
-      if (n <= 0) {
-        const int error = n < 0 ? errno : EIO;
-        log_line(std::string("copying a staged file failed: ") + std::strerror(error));
-        lock.lock();
-        return std::unexpected(error == ENOSPC ? ENOSPC : EIO);
+    // Only the bytes the old staging file holds are copied: what it lacks, the copy lacks too.
+    const std::vector<xet::FileByteRange> ranges =
+        unfetched ? unfetched->written : std::vector<xet::FileByteRange>{{0, size}};
+    int error = ::ftruncate((*fresh)->fd.get(), static_cast<off_t>(size)) == 0 ? 0 : errno;
+    for (const auto& range : ranges) {
+      loff_t in = static_cast<loff_t>(range.start);
+      loff_t out = in;
+      while (error == 0 && static_cast<std::uint64_t>(in) < range.end) {
+        const auto n = ::copy_file_range(old->fd.get(), &in, (*fresh)->fd.get(), &out, range.end - in, 0);
+        if (n <= 0) error = n < 0 ? errno : EIO;
       }
     }
+    if (error != 0) {
+      log_line(std::string("copying a staged file failed: ") + std::strerror(error));
+      lock.lock();
+      return std::unexpected(error == ENOSPC ? ENOSPC : EIO);
+    }
     (*fresh)->size = size;
+    {
+      std::lock_guard unfetched_lock((*fresh)->unfetched_mutex);
+      (*fresh)->unfetched = std::move(unfetched);
+    }
     {
       std::lock_guard stream_lock((*fresh)->stream_mutex);
       (*fresh)->appending = size == 0;
@@ -530,23 +519,26 @@ FsResult<void> Filesystem::copy_on_write(std::unique_lock<std::mutex>& lock, Ino
   return {};
 }
 
-FsResult<void> Filesystem::fetch_base(Staged& staged, const xet::Hash& hash, std::uint64_t size) {
-  std::uint64_t offset = 0;
-  int write_error = 0;
-  auto done = downloader_.download_file(hash, size, [&](std::span<const std::byte> piece) {
-    write_error = write_all(staged.fd.get(), piece.data(), piece.size(), offset);
-    offset += piece.size();
-    return write_error == 0;
-  });
-  if (write_error != 0) return std::unexpected(write_error == ENOSPC ? ENOSPC : EIO);
-  if (!done) {
-    log_line("fetching the current bytes of a file to modify failed: " + done.error().describe());
-    return std::unexpected(EIO);
+FsResult<void> Filesystem::stage_unfetched(Staged& staged, const xet::Hash& hash, std::uint64_t size) {
+  if (::ftruncate(staged.fd.get(), static_cast<off_t>(size)) != 0) {
+    return std::unexpected(errno == ENOSPC || errno == EFBIG ? errno : EIO);
+  }
+  {
+    std::lock_guard unfetched_lock(staged.unfetched_mutex);
+    staged.unfetched = cache::UnfetchedBase{.hash = hash, .size = size, .limit = size, .written = {}, .fetched = {}};
   }
   staged.size = size;
   std::lock_guard stream_lock(staged.stream_mutex);
   staged.appending = false;  // starts with bytes: not a run written from byte 0
   return {};
+}
+
+int Filesystem::truncate_staged(Staged& staged, std::uint64_t size) {
+  std::unique_lock unfetched_lock(staged.unfetched_mutex);
+  if (::ftruncate(staged.fd.get(), static_cast<off_t>(size)) != 0) return errno;
+  if (staged.unfetched) staged.unfetched->truncate(size);
+  staged.size = size;
+  return 0;
 }
 
 // ---- Operations --------------------------------------------------------------------------------
@@ -632,13 +624,7 @@ FsResult<Attributes> Filesystem::set_size(Ino ino, std::uint64_t size) {
     auto staged = new_staged();
     if (!staged) return std::unexpected(staged.error());
     if (node->remote_exists && node->remote_size > 0 && size > 0) {
-      const auto hash = node->hash;
-      const auto remote_size = node->remote_size;
-      lock.unlock();
-      if (auto ok = fetch_base(**staged, hash, remote_size); !ok) return std::unexpected(ok.error());
-      lock.lock();
-      node = find(ino);
-      if (node == nullptr) return std::unexpected(ENOENT);
+      if (auto ok = stage_unfetched(**staged, node->hash, node->remote_size); !ok) return std::unexpected(ok.error());
     }
     (*staged)->mtime_ms = node->remote_mtime_ms;
     if (node->remote_exists) (*staged)->base = node->hash;
@@ -654,10 +640,9 @@ FsResult<Attributes> Filesystem::set_size(Ino ino, std::uint64_t size) {
       staged.abort_stream_locked();
     }
   }
-  if (::ftruncate(staged.fd.get(), static_cast<off_t>(size)) != 0) {
-    return std::unexpected(errno == ENOSPC || errno == EFBIG ? errno : EIO);
+  if (int error = truncate_staged(staged, size); error != 0) {
+    return std::unexpected(error == ENOSPC || error == EFBIG ? error : EIO);
   }
-  staged.size = size;
   staged.mtime_ms = now_ms();
   ++staged.version;
   if (node->open_writers == 0) {
@@ -995,8 +980,7 @@ FsResult<OpenedFile> Filesystem::open(Ino ino, int flags, Caller caller) {
           std::lock_guard stream_lock(node->staged->stream_mutex);
           node->staged->abort_stream_locked();
         }
-        if (::ftruncate(node->staged->fd.get(), 0) != 0) return std::unexpected(EIO);
-        node->staged->size = 0;
+        if (truncate_staged(*node->staged, 0) != 0) return std::unexpected(EIO);
         node->staged->mtime_ms = now_ms();
         ++node->staged->version;
       }
@@ -1004,16 +988,9 @@ FsResult<OpenedFile> Filesystem::open(Ino ino, int flags, Caller caller) {
       auto staged = new_staged();
       if (!staged) return std::unexpected(staged.error());
       if (!truncate && node->remote_exists && node->remote_size > 0) {
-        // Modify in place: the file's current bytes become the base of the staging file.
-        const auto hash = node->hash;
-        const auto size = node->remote_size;
-        const auto mtime = node->remote_mtime_ms;
-        lock.unlock();
-        if (auto ok = fetch_base(**staged, hash, size); !ok) return std::unexpected(ok.error());
-        (*staged)->mtime_ms = mtime;
-        lock.lock();
-        node = find(ino);
-        if (node == nullptr) return std::unexpected(ENOENT);
+        // Modify in place: the file's current bytes, not fetched, are the start of the staged file.
+        if (auto ok = stage_unfetched(**staged, node->hash, node->remote_size); !ok) return std::unexpected(ok.error());
+        (*staged)->mtime_ms = node->remote_mtime_ms;
         // An unchanged base is not a change: only writes make it one.
         (*staged)->committed_version = 0;
       } else if (truncate && node->remote_exists && node->remote_size > 0) {
@@ -1068,10 +1045,34 @@ FsResult<void> Filesystem::read(std::uint64_t id, std::uint64_t offset, std::siz
     size = node->remote_size;
   }
   if (staged) {
+    // Bytes the staging file lacks come from the version it was opened from. Which they are is
+    // taken before the staging file is read: a fill completing in between then only fetches
+    // again what it wrote.
+    std::vector<xet::FileByteRange> missing;
+    cache::UnfetchedBase version;
+    {
+      std::lock_guard unfetched_lock(staged->unfetched_mutex);
+      if (staged->unfetched) {
+        missing = staged->unfetched->missing(offset, offset + length);
+        version.hash = staged->unfetched->hash;
+        version.size = staged->unfetched->size;
+      }
+    }
     thread_local std::vector<std::byte> buffer;
     if (buffer.size() < length) buffer.resize(length);
     auto got = read_all(staged->fd.get(), buffer.data(), length, offset);
     if (!got) return std::unexpected(EIO);
+    for (auto range : missing) {
+      range.end = std::min(range.end, offset + *got);  // a truncate may have come in between
+      if (range.start >= range.end) break;
+      auto done = read_version(downloader_, version.hash, version.size, range, buffer.data() + (range.start - offset));
+      if (!done) {
+        log_line("read failed: " + done.error().describe());
+        std::lock_guard lock(mutex_);
+        status_.last_error = "read failed: " + done.error().describe();
+        return std::unexpected(EIO);
+      }
+    }
     reply({buffer.data(), *got});
     return {};
   }
@@ -1102,12 +1103,23 @@ FsResult<std::size_t> Filesystem::write(std::uint64_t id, std::uint64_t offset, 
     if (!it->second->writable) return std::unexpected(EBADF);
     staged = it->second->staged;
     if (!staged) {  // a zero-byte copy replaced the file: its bytes are staged again first
-      auto restaged = staged_for_write(lock, id);
+      auto restaged = staged_for_write(id);
       if (!restaged) return std::unexpected(restaged.error());
       staged = *restaged;
     }
   }
-  if (int error = write_all(staged->fd.get(), data.data(), data.size(), offset); error != 0) {
+  int error = 0;
+  {
+    std::unique_lock unfetched_lock(staged->unfetched_mutex);
+    if (staged->unfetched) {
+      error = write_all(staged->fd.get(), data.data(), data.size(), offset);
+      if (error == 0) staged->unfetched->add_written(offset, offset + data.size());
+    } else {
+      unfetched_lock.unlock();  // it never becomes set again
+      error = write_all(staged->fd.get(), data.data(), data.size(), offset);
+    }
+  }
+  if (error != 0) {
     log_line(std::string("writing a staging file failed: ") + std::strerror(error));
     return std::unexpected(error == ENOSPC || error == EDQUOT ? ENOSPC : EIO);
   }
@@ -1189,39 +1201,26 @@ void Filesystem::note_write(const std::shared_ptr<Staged>& staged, std::uint64_t
   });
 }
 
-FsResult<std::shared_ptr<Staged>> Filesystem::staged_for_write(std::unique_lock<std::mutex>& lock, std::uint64_t id) {
-  auto handle_of = [&]() -> Handle* {
-    auto it = handles_.find(id);
-    return it == handles_.end() ? nullptr : it->second.get();
-  };
-  Handle* handle = handle_of();
-  if (handle == nullptr) return std::unexpected(EBADF);
-  if (handle->staged) return handle->staged;
-  const Ino ino = handle->ino;
-  Node* node = find(ino);
+FsResult<std::shared_ptr<Staged>> Filesystem::staged_for_write(std::uint64_t id) {
+  auto it = handles_.find(id);
+  if (it == handles_.end()) return std::unexpected(EBADF);
+  Handle& handle = *it->second;
+  if (handle.staged) return handle.staged;
+  Node* node = find(handle.ino);
   if (node == nullptr) return std::unexpected(ESTALE);
   if (!node->staged) {
     auto staged = new_staged();
     if (!staged) return std::unexpected(staged.error());
     if (node->remote_exists && node->remote_size > 0) {
-      const auto hash = node->hash;
-      const auto size = node->remote_size;
-      lock.unlock();
-      auto fetched = fetch_base(**staged, hash, size);
-      lock.lock();
-      if (!fetched) return std::unexpected(fetched.error());
-      node = find(ino);
-      if (node == nullptr) return std::unexpected(ESTALE);
+      if (auto ok = stage_unfetched(**staged, node->hash, node->remote_size); !ok) return std::unexpected(ok.error());
     }
     (*staged)->mtime_ms = node->remote_mtime_ms;
     if (node->remote_exists) (*staged)->base = node->hash;
     (*staged)->also_bases = also_bases_for_new_version(*node, nullptr);
-    if (!node->staged) node->staged = std::move(*staged);  // unchanged bytes: not dirty until written
+    node->staged = std::move(*staged);  // unchanged bytes: not dirty until written
   }
-  handle = handle_of();
-  if (handle == nullptr) return std::unexpected(EBADF);
-  handle->staged = node->staged;
-  return handle->staged;
+  handle.staged = node->staged;
+  return handle.staged;
 }
 
 FsResult<std::size_t> Filesystem::copy_range(std::uint64_t id_in, std::uint64_t offset_in, std::uint64_t id_out,
@@ -1369,6 +1368,21 @@ FsResult<void> Filesystem::persist(std::unique_lock<std::mutex>& lock, Ino ino) 
   auto staged = node->staged;
   const std::string path = path_of(*node);
   lock.unlock();
+  bool many_ranges = false;
+  {
+    std::lock_guard unfetched_lock(staged->unfetched_mutex);
+    many_ranges = staged->unfetched && staged->unfetched->written.size() > kMaxJournaledRanges;
+  }
+  if (many_ranges) {
+    // A record listing this many ranges would cost more to write at every close than the
+    // missing bytes cost to fetch once: fetch them, and the record names a whole file.
+    if (auto filled = fill_unfetched(downloader_, staged->fd.get(), staged->unfetched_mutex, staged->unfetched);
+        !filled) {
+      log_line("fetching the rest of '" + path + "' before recording it failed: " + filled.error());
+      lock.lock();
+      return std::unexpected(EIO);
+    }
+  }
   if (::fdatasync(staged->fd.get()) != 0) {
     const int error = errno;
     log_line("making the staged bytes of '" + path + "' durable failed: " + std::strerror(error));
@@ -1408,6 +1422,10 @@ bool Filesystem::journal_put(const std::shared_ptr<Staged>& staged, const std::s
   record.also_bases = std::move(origin.also_bases);
   record.mtime_ms = staged->mtime_ms.load();
   record.size = staged->size.load();
+  {
+    std::lock_guard unfetched_lock(staged->unfetched_mutex);
+    record.unfetched = staged->unfetched;
+  }
   record.owner = owner_;
   if (auto put = services_.journal->put(record); !put) {
     log_line("journal: recording '" + path + "' failed: " + put.error().message);
@@ -1721,7 +1739,20 @@ void Filesystem::upload_group(const std::vector<Ino>& inos) {
   };
   std::optional<transfer::UploadError> failure;
   std::uint64_t xorb_bytes = 0;
-  if (jobs.size() == 1 && streamed(jobs.front())) {
+  // A file opened for writing without O_TRUNC first gets the bytes it lacks of the version it was
+  // opened from (its record still names that version: a crash meanwhile fetches them again).
+  for (auto& job : jobs) {
+    auto filled = fill_unfetched(downloader_, job.staged->fd.get(), job.staged->unfetched_mutex, job.staged->unfetched);
+    if (!filled) {
+      failure.emplace();
+      failure->kind = transfer::UploadErrorKind::source;
+      failure->message = filled.error();
+      break;
+    }
+  }
+  if (failure) {
+    // retried like any failed upload
+  } else if (jobs.size() == 1 && streamed(jobs.front())) {
     const auto& uploaded = **jobs.front().stream->result;
     jobs.front().hash = uploaded.file.file_hash;
     xorb_bytes = uploaded.session.xorb_bytes_sent;

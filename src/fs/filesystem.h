@@ -107,6 +107,14 @@ struct Staged {
   Origin origin();
   // Adds `hash` to also_bases (once; the oldest go past a handful).
   void also_accept(const xet::Hash& hash);
+  // Bytes of the version this file was opened from (for writing, without O_TRUNC) that the
+  // staging file does not hold yet (cache::UnfetchedBase); none when the file was staged whole
+  // or once fill_unfetched has fetched them. Guarded by unfetched_mutex, a leaf lock: writes,
+  // truncates and fills of such a file change the staging file while holding it, so a fill never
+  // overwrites a byte written since or writes past a truncate. It only ever goes from set to
+  // unset: a writer that sees it unset may write without the lock.
+  std::mutex unfetched_mutex;
+  std::optional<cache::UnfetchedBase> unfetched;
   std::atomic<std::uint64_t> version{0};  // bumped by every change; no lock needed
   std::atomic<std::uint64_t> size{0};
   std::atomic<std::int64_t> mtime_ms{0};
@@ -283,9 +291,15 @@ class Filesystem {
   FsResult<void> revalidate_file(std::unique_lock<std::mutex>& lock, Ino file);
   FsResult<std::shared_ptr<Staged>> new_staged();
   // The staged file a writable handle writes: its own, or (after a zero-byte copy replaced the
-  // file with committed content) a new one holding the committed bytes. REQUIRES: lock held.
-  FsResult<std::shared_ptr<Staged>> staged_for_write(std::unique_lock<std::mutex>& lock, std::uint64_t handle);
-  FsResult<void> fetch_base(Staged& staged, const xet::Hash& hash, std::uint64_t size);
+  // file with committed content) a new one staging the committed version (unfetched).
+  // REQUIRES: mutex_ held.
+  FsResult<std::shared_ptr<Staged>> staged_for_write(std::uint64_t handle);
+  // Makes a new, empty `staged` the version (`hash`, `size`) without fetching it: the staging
+  // file gets that size (holes) and `unfetched` names the version (src/fs/unfetched.h).
+  FsResult<void> stage_unfetched(Staged& staged, const xet::Hash& hash, std::uint64_t size);
+  // ftruncate(2) of the staging file and the bookkeeping of its size and unfetched bytes, under
+  // its unfetched_mutex. 0 or the errno.
+  static int truncate_staged(Staged& staged, std::uint64_t size);
   // Before a closed, journaled, uncommitted version is modified: move the modification to a new
   // staged file (a copy, or empty when `truncate`), so the journaled bytes stay as closed.
   // REQUIRES: lock held; may release it.
@@ -300,7 +314,11 @@ class Filesystem {
   FsResult<void> wait_committed(std::unique_lock<std::mutex>& lock, const std::shared_ptr<Staged>& staged,
                                 std::uint64_t version);
   // Makes a dirty staged file durable: fdatasync, then its journal record. Releases the lock
-  // meanwhile. REQUIRES: lock held, node has a staged file.
+  // meanwhile. A file that lacks bytes of the version it was opened from is recorded as such
+  // (cache::UnfetchedBase), unless its written ranges number more than kMaxJournaledRanges: its
+  // missing bytes are then fetched first (EIO if they cannot be). REQUIRES: lock held, node has a
+  // staged file.
+  static constexpr std::size_t kMaxJournaledRanges = 4096;
   FsResult<void> persist(std::unique_lock<std::mutex>& lock, Ino ino);
   // Rewrites or drops the journal record of `staged` (outside the lock).
   // False (logged) when the record could not be written.

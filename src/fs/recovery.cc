@@ -7,12 +7,15 @@
 #include <cstring>
 #include <ctime>
 #include <map>
+#include <mutex>
+#include <optional>
 #include <algorithm>
 
 #include "bucketfs/fs/mount.h"
 #include "file_descriptor.h"
 #include "log.h"
 #include "staging.h"
+#include "unfetched.h"
 
 namespace bucketfs::fs {
 namespace {
@@ -67,6 +70,7 @@ RecoveryReport recover_journal(const MountServices& services, const naming::Buck
   }
   std::sort(replay.begin(), replay.end(), [](const auto& a, const auto& b) { return a.sequence < b.sequence; });
   transfer::Uploader uploader(*services.write_cas, *services.hub, services.dedup_index, upload);
+  std::optional<transfer::Downloader> downloader;  // made for the first record that needs one
   std::size_t done = 0;  // records of `replay` finished, either way
   auto report_progress = [&] {
     if (!on_progress) return;
@@ -78,13 +82,30 @@ RecoveryReport recover_journal(const MountServices& services, const naming::Buck
     report_progress();
     ++done;  // counted before the attempt: every `continue` below ends this record
     const auto file = staging_dir / record.staging_name;
-    FileDescriptor fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
+    FileDescriptor fd(::open(file.c_str(), (record.unfetched ? O_RDWR : O_RDONLY) | O_CLOEXEC));
     if (!fd.valid()) {
       log_line("journal: the staged bytes of '" + record.path + "' (" + file.string() + ") are gone: " +
                std::strerror(errno) + "; dropping the record");
       services.journal->remove(record.staging_name);
       ++report.failed;
       continue;
+    }
+    if (record.unfetched) {
+      // Opened for writing without O_TRUNC and closed before its missing bytes were fetched:
+      // they are the version it was opened from, which the store keeps by hash.
+      std::expected<void, std::string> filled = std::unexpected(std::string("no store to read from"));
+      if (services.read_cas != nullptr) {
+        if (!downloader) downloader.emplace(*services.read_cas, services.chunk_cache);
+        std::mutex guard;
+        auto unfetched = record.unfetched;
+        filled = fill_unfetched(*downloader, fd.get(), guard, unfetched);
+      }
+      if (!filled) {
+        log_line("journal: fetching the unchanged bytes of '" + record.path + "' failed (kept for the next mount): " +
+                 filled.error());
+        ++report.failed;
+        continue;
+      }
     }
     auto uploaded = uploader.upload(transfer::fd_source(fd.get()));
     if (!uploaded) {

@@ -18,7 +18,6 @@ import glob
 import hashlib
 import os
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -27,7 +26,7 @@ import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support"))
 import mount_harness  # noqa: E402
-from mount_harness import MiB, Workspace, api, metric, new_mount  # noqa: E402
+from mount_harness import MiB, RestartableServer, Workspace, api, metric, new_mount  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support"))
 import unittest_runner  # noqa: E402
 
@@ -37,34 +36,6 @@ STALL_TIMEOUT_MS = 4000
 STALL_MS = 5000
 os.environ["BUCKETFS_HTTP_STALL_TIMEOUT_MS"] = str(STALL_TIMEOUT_MS)
 ALL_KINDS = "status+reset+stall+truncate+flip"
-
-
-class RestartableServer(api.Server):
-    """A bucketfs-server that can be killed and started again on the same port and data."""
-
-    def restart_on_same_port(self, extra_args=None):
-        if extra_args is not None:
-            self.extra_args = list(extra_args)
-        if getattr(self, "log", None):
-            self.log.close()
-        os.unlink(self.ready) if os.path.exists(self.ready) else None
-        self.log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [api.SERVER_BINARY, "--data", self.data, "--tokens", self.tokens, "--listen",
-             "127.0.0.1:%d" % self.port, "--ready-file", self.ready] + self.extra_args,
-            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if os.path.exists(self.ready):
-                return
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.02)
-        raise RuntimeError("bucketfs-server did not restart: " + self.log_text())
-
-    def kill(self):
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
 
 
 def start(test, name, *extra):

@@ -167,6 +167,34 @@ def wait_gone(pid, timeout=30):
     raise AssertionError("process %d did not exit" % pid)
 
 
+class RestartableServer(api.Server):
+    """A bucketfs-server that can be killed and started again on the same port and data."""
+
+    def restart_on_same_port(self, extra_args=None):
+        if extra_args is not None:
+            self.extra_args = list(extra_args)
+        if getattr(self, "log", None):
+            self.log.close()
+        os.unlink(self.ready) if os.path.exists(self.ready) else None
+        self.log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [api.SERVER_BINARY, "--data", self.data, "--tokens", self.tokens, "--listen",
+             "127.0.0.1:%d" % self.port, "--ready-file", self.ready] + self.extra_args,
+            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if os.path.exists(self.ready):
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise RuntimeError("bucketfs-server did not restart: " + self.log_text())
+
+    def kill(self):
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+
 def start_server(test, name, *extra_args):
     """A bucketfs-server for `test` (a unittest.TestCase), stopped by its cleanups."""
     server = api.Server(name, extra_args=extra_args)

@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""Writing into a committed file without O_TRUNC (open "r+b", a database page, a checkpoint shard
+patched in place), on real mounts against a bucketfs-server of the test's own:
+
+- opening for writing fetches nothing, and neither does closing a handle that wrote nothing;
+- reads of a file being modified take the written bytes from staging and the others from the
+  version it was opened from (only the chunks they need), with zeros past a truncate;
+- close needs no server: the journal records which bytes were written and which version the
+  rest comes from, and after a crash the next mount fetches the rest and commits the file whole
+  (also after a second edit made while the first was not yet committed);
+- the committed file is the edited bytes, read back through a fresh mount."""
+import hashlib
+import os
+import random
+import sys
+import unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support"))
+import mount_harness as harness  # noqa: E402
+from mount_harness import MiB, RestartableServer, Workspace, metric, new_mount  # noqa: E402
+import unittest_runner  # noqa: E402
+
+SIZE = 24 * MiB + 4321
+
+
+def served(server):
+    return metric(server, "bucketfs_xorb_bytes_served_total")
+
+
+def xet_hash_in_bucket(server):
+    response = harness.api.request("POST", "/api/buckets/alice/ckpts/paths-info", {"paths": ["model.bin"]},
+                                   token=harness.api.ALICE_W, server=server)
+    assert response.status == 200, response
+    return response.json()[0]["xetHash"]
+
+
+def sha(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_all(path):
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+class InPlaceTest(unittest.TestCase):
+    def setUp(self):
+        self.workspace = Workspace("in-place")
+        self.addCleanup(self.workspace.cleanup)
+
+    def start_server(self, name):
+        server = RestartableServer(name)
+        self.addCleanup(server.cleanup)
+        server.start()
+        harness.create_bucket(server, "alice/ckpts")
+        return server
+
+    def commit_original(self, server, seed):
+        """A SIZE-byte file committed at ckpts/model.bin by a mount that is then unmounted."""
+        data = random.Random(seed).randbytes(SIZE)
+        writer = new_mount(self, server, self.workspace, "alice/ckpts", name="writer").start()
+        with open(writer.path("model.bin"), "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.assertEqual(writer.unmount().returncode, 0)
+        return data
+
+    def assert_bucket_holds(self, server, expected, name):
+        fresh = new_mount(self, server, self.workspace, "alice/ckpts", name=name).start()
+        got = read_all(fresh.path("model.bin"))
+        self.assertEqual(len(got), len(expected))
+        self.assertTrue(sha(got) == sha(expected), "the committed file has other bytes")
+        self.assertEqual(fresh.unmount().returncode, 0)
+
+    def test_writes_in_place_fetch_only_what_reads_need(self):
+        server = self.start_server("in-place")
+        expected = bytearray(self.commit_original(server, 1))
+        mount = new_mount(self, server, self.workspace, "alice/ckpts", name="editor").start()
+        path = mount.path("model.bin")
+        self.assertEqual(os.stat(path).st_size, SIZE)
+        before = served(server)
+        original_hash = xet_hash_in_bucket(server)
+
+        # Opened for writing and closed without a write: nothing fetched, nothing committed.
+        fd = os.open(path, os.O_RDWR)
+        os.close(fd)
+        self.assertEqual(served(server), before, "opening for writing fetched bytes")
+        self.assertEqual(xet_hash_in_bucket(server), original_hash, "a handle that wrote nothing committed")
+
+        fd = os.open(path, os.O_RDWR)
+        try:
+            self.assertEqual(served(server), before, "opening for writing fetched bytes")
+            patch = b"P" * 1000
+            at = 10 * MiB + 5
+            os.pwrite(fd, patch, at)
+            expected[at:at + len(patch)] = patch
+            self.assertEqual(served(server), before, "a write fetched bytes")
+            # A read across the patch's edges: the version's bytes around the written ones.
+            window = os.pread(fd, 8192, at - 3000)
+            self.assertEqual(window, bytes(expected[at - 3000:at - 3000 + 8192]))
+            # Past the end: the gap is zeros, not the version's bytes.
+            tail = b"T" * 100
+            os.pwrite(fd, tail, SIZE + 50)
+            expected += b"\0" * 50 + tail
+            self.assertEqual(os.pread(fd, 300, SIZE - 100), bytes(expected[SIZE - 100:]))
+            # Cut inside the version and extended again: zeros from the cut on.
+            cut = 20 * MiB + 7
+            os.ftruncate(fd, cut)
+            os.ftruncate(fd, cut + 4096)
+            del expected[cut:]
+            expected += b"\0" * 4096
+            self.assertEqual(os.pread(fd, 8192, cut - 4096), bytes(expected[cut - 4096:]))
+            fetched = served(server) - before
+            print("FIGURES in-place edit of a %d-byte file: %d bytes fetched by open, writes, truncates and "
+                  "reads of 16 KiB before fsync" % (SIZE, fetched), flush=True)
+            self.assertLess(fetched, SIZE // 2, "reads of a few KiB fetched most of the file")
+            os.fsync(fd)  # fetches the rest and commits
+        finally:
+            os.close(fd)
+        self.assertEqual(sha(read_all(path)), sha(bytes(expected)))
+        self.assertEqual(mount.unmount().returncode, 0)
+        self.assert_bucket_holds(server, bytes(expected), "check")
+
+    def test_close_without_the_server_is_journaled_and_a_crash_loses_nothing(self):
+        server = self.start_server("in-place-crash")
+        expected = bytearray(self.commit_original(server, 2))
+        cache = self.workspace.path("cache-editor")
+        mount = new_mount(self, server, self.workspace, "alice/ckpts", name="editor", cache_dir=cache).start()
+        path = mount.path("model.bin")
+        self.assertEqual(os.stat(path).st_size, SIZE)
+        server.kill()
+
+        # The server is gone: open, write and close still succeed, as they would on a local disk.
+        fd = os.open(path, os.O_RDWR)
+        first = b"1" * 5000
+        os.pwrite(fd, first, 3 * MiB + 1)
+        expected[3 * MiB + 1:3 * MiB + 1 + len(first)] = first
+        os.close(fd)
+        # A second edit of the closed, uncommitted version: made on a copy of what it holds.
+        fd = os.open(path, os.O_WRONLY)
+        second = b"2" * 7000
+        os.pwrite(fd, second, 17 * MiB + 2)
+        expected[17 * MiB + 2:17 * MiB + 2 + len(second)] = second
+        os.ftruncate(fd, 22 * MiB)
+        del expected[22 * MiB:]
+        os.close(fd)
+        mount.kill()
+
+        server.restart_on_same_port()
+        recovered = new_mount(self, server, self.workspace, "alice/ckpts", name="recovered", cache_dir=cache).start()
+        state = recovered.state()
+        self.assertEqual(state.get("recovered_files", 0), 1, recovered.log())
+        self.assertEqual(state.get("recovery_failed", 0), 0, recovered.log())
+        self.assertEqual(state.get("recovery_conflicts", 0), 0, recovered.log())
+        self.assertEqual(recovered.unmount().returncode, 0)
+        self.assert_bucket_holds(server, bytes(expected), "check")
+
+
+if __name__ == "__main__":
+    sys.exit(unittest_runner.run(__name__))
