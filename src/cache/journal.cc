@@ -171,19 +171,20 @@ Result<JournalRecord> decode_journal_record(std::string_view key, std::string_vi
       unfetched.hash = *hash;
       unfetched.size = item.at("size").get<std::uint64_t>();
       unfetched.limit = item.at("limit").get<std::uint64_t>();
-      if (unfetched.limit > unfetched.size || unfetched.limit > record.size) {
-        throw std::runtime_error("unfetched.limit is past the version or the file");
-      }
+      if (unfetched.limit > unfetched.size) throw std::runtime_error("unfetched.limit is past the version's size");
       std::uint64_t previous_end = 0;
       for (const auto& pair : item.at("written")) {
         const xet::FileByteRange range{pair.at(0).get<std::uint64_t>(), pair.at(1).get<std::uint64_t>()};
         const bool first = unfetched.written.empty();
-        if (range.start >= range.end || range.end > record.size || (!first && range.start <= previous_end)) {
-          throw std::runtime_error("unfetched.written is not sorted, disjoint ranges within the file");
+        if (range.start >= range.end || (!first && range.start <= previous_end)) {
+          throw std::runtime_error("unfetched.written is not sorted, disjoint, non-empty ranges");
         }
         previous_end = range.end;
         unfetched.written.push_back(range);
       }
+      // Past the file's size nothing counts (a record is never refused for it: a refused record's
+      // staging file would be swept away).
+      unfetched.truncate(record.size);
       record.unfetched = std::move(unfetched);
     }
     return record;

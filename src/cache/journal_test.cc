@@ -157,14 +157,21 @@ TEST(JournalTest, UnfetchedBaseRoundTripsAndIsChecked) {
   ASSERT_TRUE(decoded->unfetched);
   EXPECT_EQ(*decoded->unfetched, unfetched);
   EXPECT_EQ(encode_journal_record(record("f2", "x")).find("unfetched"), std::string::npos);
-  // Ranges out of order, overlapping, empty or past the file, and a limit past the version,
-  // are refused: recovery must not fill bytes a record does not describe.
+  // Ranges out of order, overlapping or empty, and a limit past the version, are refused:
+  // recovery must not fill bytes a record does not describe. Past the file's size, they are cut.
   const std::string head = R"({"bucket":"a/b","path":"p","mtime_ms":1,"size":100,"owner":{"pid":1,"start":1,"boot":"x"},)"
                            R"("unfetched":{"hash":")" + unfetched.hash.to_string() + R"(","size":100,)";
   EXPECT_TRUE(decode_journal_record("ok", head + R"("limit":100,"written":[[0,5],[6,100]]}})"));
+  auto cut = decode_journal_record("cut", R"({"bucket":"a/b","path":"p","mtime_ms":1,"size":50,)"
+                                          R"("owner":{"pid":1,"start":1,"boot":"x"},"unfetched":{"hash":")" +
+                                              unfetched.hash.to_string() +
+                                              R"(","size":100,"limit":80,"written":[[0,5],[40,60],[70,90]]}})");
+  ASSERT_TRUE(cut) << cut.error().message;
+  EXPECT_EQ(cut->unfetched->limit, 50u);
+  EXPECT_EQ(cut->unfetched->written, (std::vector<xet::FileByteRange>{{0, 5}, {40, 50}}));
   for (const std::string tail : {R"("limit":100,"written":[[6,9],[0,5]]}})", R"("limit":100,"written":[[0,5],[5,9]]}})",
-                                 R"("limit":100,"written":[[5,5]]}})", R"("limit":100,"written":[[0,101]]}})",
-                                 R"("limit":101,"written":[]}})", R"("written":[]}})"}) {
+                                 R"("limit":100,"written":[[5,5]]}})", R"("limit":101,"written":[]}})",
+                                 R"("written":[]}})"}) {
     auto bad = decode_journal_record("f4", head + tail);
     EXPECT_FALSE(bad) << tail;
     if (!bad) continue;

@@ -536,7 +536,10 @@ FsResult<void> Filesystem::stage_unfetched(Staged& staged, const xet::Hash& hash
 int Filesystem::truncate_staged(Staged& staged, std::uint64_t size) {
   std::unique_lock unfetched_lock(staged.unfetched_mutex);
   if (::ftruncate(staged.fd.get(), static_cast<off_t>(size)) != 0) return errno;
-  if (staged.unfetched) staged.unfetched->truncate(size);
+  if (staged.unfetched) {
+    staged.unfetched->truncate(size);
+    if (staged.unfetched->missing().empty()) staged.unfetched.reset();  // e.g. cut to 0: nothing to fetch
+  }
   staged.size = size;
   return 0;
 }
@@ -1062,6 +1065,7 @@ FsResult<void> Filesystem::read(std::uint64_t id, std::uint64_t offset, std::siz
     if (buffer.size() < length) buffer.resize(length);
     auto got = read_all(staged->fd.get(), buffer.data(), length, offset);
     if (!got) return std::unexpected(EIO);
+    std::uint64_t from_version = 0;
     for (auto range : missing) {
       range.end = std::min(range.end, offset + *got);  // a truncate may have come in between
       if (range.start >= range.end) break;
@@ -1072,8 +1076,13 @@ FsResult<void> Filesystem::read(std::uint64_t id, std::uint64_t offset, std::siz
         status_.last_error = "read failed: " + done.error().describe();
         return std::unexpected(EIO);
       }
+      from_version += range.length();
     }
     reply({buffer.data(), *got});
+    if (from_version > 0) {
+      std::lock_guard lock(mutex_);
+      status_.bytes_read_remote += from_version;
+    }
     return {};
   }
   RemoteReader* reader = nullptr;
@@ -1113,7 +1122,11 @@ FsResult<std::size_t> Filesystem::write(std::uint64_t id, std::uint64_t offset, 
     std::unique_lock unfetched_lock(staged->unfetched_mutex);
     if (staged->unfetched) {
       error = write_all(staged->fd.get(), data.data(), data.size(), offset);
-      if (error == 0) staged->unfetched->add_written(offset, offset + data.size());
+      if (error == 0) {
+        // With the size, under the lock: a record's ranges never end past its size.
+        staged->unfetched->add_written(offset, offset + data.size());
+        raise_to_max(staged->size, offset + data.size());
+      }
     } else {
       unfetched_lock.unlock();  // it never becomes set again
       error = write_all(staged->fd.get(), data.data(), data.size(), offset);
@@ -1383,15 +1396,29 @@ FsResult<void> Filesystem::persist(std::unique_lock<std::mutex>& lock, Ino ino) 
       return std::unexpected(EIO);
     }
   }
-  if (::fdatasync(staged->fd.get()) != 0) {
-    const int error = errno;
-    log_line("making the staged bytes of '" + path + "' durable failed: " + std::strerror(error));
-    lock.lock();
-    return std::unexpected(error == ENOSPC || error == EDQUOT ? ENOSPC : EIO);
-  }
-  if (!journal_put(staged, path)) {
-    lock.lock();
-    return std::unexpected(EIO);  // close must not succeed without its record
+  {
+    // What the record says of the bytes is taken before the sync, so every byte it names as
+    // written is on disk; the journal lock keeps a concurrent close from recording an older
+    // snapshot after a newer one.
+    std::lock_guard journal_lock(staged->journal_mutex);
+    std::uint64_t size = 0;
+    std::optional<cache::UnfetchedBase> unfetched;
+    {
+      std::lock_guard unfetched_lock(staged->unfetched_mutex);
+      size = staged->size.load();
+      unfetched = staged->unfetched;
+    }
+    if (unfetched) unfetched->fetched.clear();  // never recorded (they are fetched again)
+    if (::fdatasync(staged->fd.get()) != 0) {
+      const int error = errno;
+      log_line("making the staged bytes of '" + path + "' durable failed: " + std::strerror(error));
+      lock.lock();
+      return std::unexpected(error == ENOSPC || error == EDQUOT ? ENOSPC : EIO);
+    }
+    if (!journal_put_locked(staged, path, size, unfetched)) {
+      lock.lock();
+      return std::unexpected(EIO);  // close must not succeed without its record
+    }
   }
   lock.lock();
   // The newer version is recorded: the closed versions it replaced are no longer needed.
@@ -1413,6 +1440,12 @@ FsResult<void> Filesystem::persist(std::unique_lock<std::mutex>& lock, Ino ino) 
 bool Filesystem::journal_put(const std::shared_ptr<Staged>& staged, const std::string& path) {
   if (services_.journal == nullptr) return true;
   std::lock_guard journal_lock(staged->journal_mutex);
+  return journal_put_locked(staged, path, staged->journaled_size, staged->journaled_unfetched);
+}
+
+bool Filesystem::journal_put_locked(const std::shared_ptr<Staged>& staged, const std::string& path,
+                                    std::uint64_t size, const std::optional<cache::UnfetchedBase>& unfetched) {
+  if (services_.journal == nullptr) return true;
   cache::JournalRecord record;
   record.staging_name = staged->name;
   record.bucket = options_.bucket.str();
@@ -1421,16 +1454,15 @@ bool Filesystem::journal_put(const std::shared_ptr<Staged>& staged, const std::s
   record.base = std::move(origin.base);
   record.also_bases = std::move(origin.also_bases);
   record.mtime_ms = staged->mtime_ms.load();
-  record.size = staged->size.load();
-  {
-    std::lock_guard unfetched_lock(staged->unfetched_mutex);
-    record.unfetched = staged->unfetched;
-  }
+  record.size = size;
+  record.unfetched = unfetched;
   record.owner = owner_;
   if (auto put = services_.journal->put(record); !put) {
     log_line("journal: recording '" + path + "' failed: " + put.error().message);
     return false;
   }
+  staged->journaled_size = size;
+  staged->journaled_unfetched = unfetched;
   std::lock_guard lock(mutex_);
   staged->journaled = true;
   return true;
@@ -1742,7 +1774,12 @@ void Filesystem::upload_group(const std::vector<Ino>& inos) {
   // A file opened for writing without O_TRUNC first gets the bytes it lacks of the version it was
   // opened from (its record still names that version: a crash meanwhile fetches them again).
   for (auto& job : jobs) {
+    const auto fill_start = Clock::now();
     auto filled = fill_unfetched(downloader_, job.staged->fd.get(), job.staged->unfetched_mutex, job.staged->unfetched);
+    if (const auto took = Clock::now() - fill_start; filled && took > std::chrono::milliseconds(200)) {
+      log_line("fetched the unwritten bytes of a file modified in place in " +
+               std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(took).count()) + " ms");
+    }
     if (!filled) {
       failure.emplace();
       failure->kind = transfer::UploadErrorKind::source;

@@ -131,6 +131,11 @@ struct Staged {
   bool abandoned = false;  // its file was deleted or replaced: never committed
   bool journaled = false;  // a journal record names it
   std::mutex journal_mutex;  // orders this file's journal writes
+  // What the last record said of the staging file's bytes (guarded by journal_mutex): a
+  // snapshot taken before the fdatasync that made them durable. A record rewritten without a
+  // sync (a rename) repeats it, so no record names bytes that may not be on disk.
+  std::uint64_t journaled_size = 0;
+  std::optional<cache::UnfetchedBase> journaled_unfetched;
   // Streaming upload (guarded by stream_mutex): writes so far formed one run from byte 0 to
   // append_end; once it is long enough a Stream starts.
   std::mutex stream_mutex;
@@ -320,9 +325,14 @@ class Filesystem {
   // staged file.
   static constexpr std::size_t kMaxJournaledRanges = 4096;
   FsResult<void> persist(std::unique_lock<std::mutex>& lock, Ino ino);
-  // Rewrites or drops the journal record of `staged` (outside the lock).
-  // False (logged) when the record could not be written.
+  // Rewrites the journal record of `staged` at `path` (outside mutex_), saying of its bytes what
+  // the last record did (journaled_size, journaled_unfetched). False (logged) when the record
+  // could not be written.
   bool journal_put(const std::shared_ptr<Staged>& staged, const std::string& path);
+  // Writes the record of `staged` with `size` and `unfetched` as its bytes, and remembers them.
+  // REQUIRES: staged->journal_mutex held, mutex_ not held.
+  bool journal_put_locked(const std::shared_ptr<Staged>& staged, const std::string& path, std::uint64_t size,
+                          const std::optional<cache::UnfetchedBase>& unfetched);
   void journal_remove(const std::shared_ptr<Staged>& staged);
   // The records of all of `stageds` in one journal transaction (one sync).
   void journal_remove(std::span<const std::shared_ptr<Staged>> stageds);

@@ -90,7 +90,7 @@ RecoveryReport recover_journal(const MountServices& services, const naming::Buck
       ++report.failed;
       continue;
     }
-    if (record.unfetched) {
+    if (record.unfetched && !record.unfetched->missing().empty()) {
       // Opened for writing without O_TRUNC and closed before its missing bytes were fetched:
       // they are the version it was opened from, which the store keeps by hash.
       std::expected<void, std::string> filled = std::unexpected(std::string("no store to read from"));

@@ -1,9 +1,6 @@
 #include "unfetched.h"
 
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
 #include <cstring>
 #include <vector>
 
@@ -38,47 +35,81 @@ transfer::DownloadResult<void> read_version(transfer::Downloader& downloader, co
 
 std::expected<void, std::string> fill_unfetched(transfer::Downloader& downloader, int fd, std::mutex& guard,
                                                 std::optional<cache::UnfetchedBase>& unfetched) {
-  // One read_range per piece: a piece's bytes are fetched in parallel, and a failure costs one
-  // piece again, not the file.
-  constexpr std::uint64_t kPiece = std::uint64_t{64} << 20;
   xet::Hash hash;
   std::uint64_t size = 0;
   std::vector<xet::FileByteRange> gaps;
+  std::vector<xet::FileByteRange> fetched_before;
   {
     std::lock_guard lock(guard);
     if (!unfetched) return {};
     hash = unfetched->hash;
     size = unfetched->size;
     gaps = unfetched->missing();
+    fetched_before = unfetched->fetched;
   }
-  for (const auto& gap : gaps) {
-    for (std::uint64_t start = gap.start; start < gap.end; start += kPiece) {
-      const xet::FileByteRange range{start, std::min(gap.end, start + kPiece)};
+  std::uint64_t missing_bytes = 0;
+  for (const auto& gap : gaps) missing_bytes += gap.length();
+  // Writes the bytes of `piece` (version bytes from `at`) that the file still lacks, at most
+  // kHold bytes per hold of the lock, so that a write or truncate of the file waits little.
+  constexpr std::size_t kHold = std::size_t{1} << 20;
+  int write_error = 0;
+  auto write_missing = [&](std::uint64_t at, std::span<const std::byte> piece) {
+    for (std::size_t done = 0; done < piece.size() && write_error == 0;) {
+      const std::size_t step = std::min(kHold, piece.size() - done);
+      std::lock_guard lock(guard);
+      if (!unfetched) return;
+      for (const auto& missing : unfetched->missing(at + done, at + done + step)) {
+        write_error = write_all(fd, piece.data() + (missing.start - at), missing.length(), missing.start);
+        if (write_error != 0) break;
+        unfetched->add_fetched(missing.start, missing.end);
+      }
+      done += step;
+    }
+  };
+  std::optional<transfer::DownloadError> failure;
+  std::uint64_t failed_at = 0;
+  if (missing_bytes * 2 >= size) {
+    // Most of the version: stream all of it, which download_file checks against the file hash,
+    // end to end (a range read is checked structurally only, see download.h).
+    std::uint64_t at = 0;
+    auto done = downloader.download_file(hash, size, [&](std::span<const std::byte> piece) {
+      write_missing(at, piece);
+      at += piece.size();
+      return write_error == 0;
+    });
+    if (!done) failure = done.error();
+  } else {
+    // A small part of it (a file cut short, or mostly rewritten): read only the gaps, one
+    // read_range per piece of up to kPiece bytes from the first missing byte to the last,
+    // skipping pieces that lack nothing.
+    constexpr std::uint64_t kPiece = std::uint64_t{64} << 20;
+    std::uint64_t start = gaps.empty() ? 0 : gaps.front().start;
+    const std::uint64_t end = gaps.empty() ? 0 : gaps.back().end;
+    for (auto gap = gaps.begin(); start < end && !failure && write_error == 0;) {
+      while (gap->end <= start) ++gap;  // the first gap not behind the piece
+      start = std::max(start, gap->start);
+      const xet::FileByteRange range{start, std::min(end, start + kPiece)};
+      start = range.end;
       std::uint64_t at = range.start;
-      int write_error = 0;
       auto done = downloader.read_range(hash, size, range, [&](std::span<const std::byte> piece) {
-        std::lock_guard lock(guard);
-        if (unfetched) {
-          for (const auto& missing : unfetched->missing(at, at + piece.size())) {
-            write_error = write_all(fd, piece.data() + (missing.start - at), missing.length(), missing.start);
-            if (write_error != 0) break;
-            unfetched->add_fetched(missing.start, missing.end);
-          }
-        }
+        write_missing(at, piece);
         at += piece.size();
         return write_error == 0;
       });
-      if (write_error != 0) return std::unexpected(std::string("writing the staging file: ") + std::strerror(write_error));
       if (!done) {
-        return std::unexpected("fetching bytes " + std::to_string(range.start) + "-" + std::to_string(range.end) +
-                               " of the version it was opened from: " + done.error().describe());
+        failure = done.error();
+        failed_at = range.start;
       }
     }
   }
-  // Once `unfetched` is reset, a journal record of this file names it whole: what was fetched
-  // must be on disk before that.
-  if (::fdatasync(fd) != 0) {
-    return std::unexpected(std::string("syncing the staging file: ") + std::strerror(errno));
+  if (write_error != 0 || failure) {
+    // What this fill wrote counts as missing again: after a failed file hash check it is
+    // unverified, and the next fill overwrites it.
+    std::lock_guard lock(guard);
+    if (unfetched) unfetched->fetched = std::move(fetched_before);  // any past a cut count for nothing
+    if (write_error != 0) return std::unexpected(std::string("writing the staging file: ") + std::strerror(write_error));
+    return std::unexpected("fetching the version it was opened from (from byte " + std::to_string(failed_at) +
+                           "): " + failure->describe());
   }
   std::lock_guard lock(guard);
   if (unfetched) {

@@ -23,11 +23,14 @@ transfer::DownloadResult<void> read_version(transfer::Downloader& downloader, co
                                             std::uint64_t size, xet::FileByteRange range, std::byte* destination);
 
 // Fetches every byte `unfetched` says staging file `fd` lacks, writes it there and then resets
-// `unfetched` (the file holds everything). `guard` guards `unfetched` and writes to the file
-// (Staged::unfetched_mutex): each fetched piece is written while holding it, and only where the
-// file still lacks it, so bytes written meanwhile stay and nothing lands past a truncate. On an
-// error (one line) what was written stays valid and `unfetched` still says what is missing.
-// Nothing is synced: the caller fdatasyncs when it needs the bytes durable.
+// `unfetched` (the file holds everything). Nothing is synced: a journal record names bytes as
+// whole only after the fdatasync that follows its snapshot (Filesystem::persist). `guard` guards
+// `unfetched` and writes to the file (Staged::unfetched_mutex): fetched bytes are written while
+// holding it (at most 1 MiB per hold), and only where the file still lacks them, so bytes
+// written meanwhile stay and nothing lands past a truncate. When most of the version is missing
+// all of it is streamed and checked against its file hash; else only the missing ranges are
+// read (checked as range reads are, download.h). On an error (one line) `unfetched` still says
+// what is missing, including what this call wrote (it may not have verified).
 std::expected<void, std::string> fill_unfetched(transfer::Downloader& downloader, int fd, std::mutex& guard,
                                                 std::optional<cache::UnfetchedBase>& unfetched);
 
