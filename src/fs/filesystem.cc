@@ -1717,6 +1717,8 @@ void Filesystem::upload_group(const std::vector<Ino>& inos) {
     std::string path;
     std::int64_t mtime = 0;
     bool commit = false;
+    // Fetching the bytes it lacks of the version it was opened from failed: not uploaded.
+    std::optional<std::string> fill_error;
   };
   std::vector<Job> jobs;
   {
@@ -1772,23 +1774,24 @@ void Filesystem::upload_group(const std::vector<Ino>& inos) {
   std::optional<transfer::UploadError> failure;
   std::uint64_t xorb_bytes = 0;
   // A file opened for writing without O_TRUNC first gets the bytes it lacks of the version it was
-  // opened from (its record still names that version: a crash meanwhile fetches them again).
+  // opened from (its record still names that version: a crash meanwhile fetches them again). One
+  // that cannot is left out of this group and retried like a failed upload.
   for (auto& job : jobs) {
     const auto fill_start = Clock::now();
     auto filled = fill_unfetched(downloader_, job.staged->fd.get(), job.staged->unfetched_mutex, job.staged->unfetched);
-    if (const auto took = Clock::now() - fill_start; filled && took > std::chrono::milliseconds(200)) {
+    if (!filled) {
+      job.fill_error = "fetching the unwritten bytes of a file modified in place failed: " + filled.error();
+      continue;
+    }
+    if (const auto took = Clock::now() - fill_start; took > std::chrono::milliseconds(200)) {
       log_line("fetched the unwritten bytes of a file modified in place in " +
                std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(took).count()) + " ms");
     }
-    if (!filled) {
-      failure.emplace();
-      failure->kind = transfer::UploadErrorKind::source;
-      failure->message = filled.error();
-      break;
-    }
   }
-  if (failure) {
-    // retried like any failed upload
+  const bool nothing_to_upload =
+      std::all_of(jobs.begin(), jobs.end(), [](const Job& job) { return job.fill_error.has_value(); });
+  if (nothing_to_upload) {
+    // each job is retried below
   } else if (jobs.size() == 1 && streamed(jobs.front())) {
     const auto& uploaded = **jobs.front().stream->result;
     jobs.front().hash = uploaded.file.file_hash;
@@ -1804,6 +1807,7 @@ void Filesystem::upload_group(const std::vector<Ino>& inos) {
       upload_options.local_dedup_lookups = !skip_local_dedup;
       transfer::UploadSession session(*services_.write_cas, services_.dedup_index, upload_options);
       for (auto& job : jobs) {
+        if (job.fill_error) continue;
         auto added = session.add_file(staging_source(job.staged->fd.get(), job.size));
         if (!added) {
           failure = added.error();
@@ -1867,13 +1871,22 @@ void Filesystem::upload_group(const std::vector<Ino>& inos) {
         log_line("upload of " + what + " failed (will retry): " + failure->describe());
         logged = true;
       }
-      not_committed(job, "upload of " + what + " failed: " + failure->describe(), retrying_cannot_help(*failure));
+      if (job.fill_error) {
+        not_committed(job, job.fill_error, false);
+      } else {
+        not_committed(job, "upload of " + what + " failed: " + failure->describe(), retrying_cannot_help(*failure));
+      }
     }
     finish();
     return;
   }
   std::vector<hub::BatchOperation> operations;
   for (auto& job : jobs) {
+    if (job.fill_error) {
+      log_line("upload of '" + path_of_or(job.ino) + "' failed (will retry): " + *job.fill_error);
+      not_committed(job, job.fill_error, false);
+      continue;
+    }
     Node* node = find(job.ino);
     if (node == nullptr || !node->attached || node->staged != job.staged ||
         job.staged->version.load() != job.version) {

@@ -8,6 +8,7 @@ patched in place), on real mounts against a bucketfs-server of the test's own:
 - close needs no server: the journal records which bytes were written and which version the
   rest comes from, and after a crash the next mount fetches the rest and commits the file whole
   (also after a second edit made while the first was not yet committed);
+- an upload that cannot fetch the version (server down) is retried, and commits once it can;
 - the committed file is the edited bytes, read back through a fresh mount."""
 import hashlib
 import os
@@ -15,6 +16,8 @@ import random
 import sys
 import unittest
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from everyday_common import wait_for  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support"))
 import mount_harness as harness  # noqa: E402
 from mount_harness import MiB, RestartableServer, Workspace, metric, new_mount  # noqa: E402
@@ -154,6 +157,28 @@ class InPlaceTest(unittest.TestCase):
         self.assertEqual(state.get("recovery_failed", 0), 0, recovered.log())
         self.assertEqual(state.get("recovery_conflicts", 0), 0, recovered.log())
         self.assertEqual(recovered.unmount().returncode, 0)
+        self.assert_bucket_holds(server, bytes(expected), "check")
+
+    def test_an_upload_that_cannot_fetch_the_version_is_retried_until_it_can(self):
+        server = self.start_server("in-place-retry")
+        expected = bytearray(self.commit_original(server, 3))
+        mount = new_mount(self, server, self.workspace, "alice/ckpts", name="editor").start()
+        path = mount.path("model.bin")
+        self.assertEqual(os.stat(path).st_size, SIZE)
+        server.kill()
+        fd = os.open(path, os.O_RDWR)
+        patch = b"R" * 3000
+        os.pwrite(fd, patch, 6 * MiB + 3)
+        expected[6 * MiB + 3:6 * MiB + 3 + len(patch)] = patch
+        os.close(fd)  # journaled; its upload fails to fetch the rest while the server is down
+        wait_for(lambda: mount.state().get("upload_failures", 0) > 0, what="a failed upload attempt")
+        server.restart_on_same_port()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # waits for the retry's commit
+        finally:
+            os.close(fd)
+        self.assertEqual(mount.unmount().returncode, 0)
         self.assert_bucket_holds(server, bytes(expected), "check")
 
 
