@@ -37,6 +37,12 @@ def xet_hash_in_bucket(server):
     return response.json()[0]["xetHash"]
 
 
+def patch(fd, expected, data, at):
+    """Writes `data` at `at` through `fd`, and into `expected`."""
+    os.pwrite(fd, data, at)
+    expected[at:at + len(data)] = data
+
+
 def sha(data):
     return hashlib.sha256(data).hexdigest()
 
@@ -69,6 +75,15 @@ class InPlaceTest(unittest.TestCase):
         self.assertEqual(writer.unmount().returncode, 0)
         return data
 
+    def editor_with_the_server_down(self, name, seed, cache_dir=None):
+        """The original committed, a fresh mount that has looked it up, then the server killed."""
+        server = self.start_server(name)
+        expected = bytearray(self.commit_original(server, seed))
+        mount = new_mount(self, server, self.workspace, "alice/ckpts", name="editor", cache_dir=cache_dir).start()
+        self.assertEqual(os.stat(mount.path("model.bin")).st_size, SIZE)
+        server.kill()
+        return server, expected, mount
+
     def assert_bucket_holds(self, server, expected, name):
         fresh = new_mount(self, server, self.workspace, "alice/ckpts", name=name).start()
         got = read_all(fresh.path("model.bin"))
@@ -94,18 +109,15 @@ class InPlaceTest(unittest.TestCase):
         fd = os.open(path, os.O_RDWR)
         try:
             self.assertEqual(served(server), before, "opening for writing fetched bytes")
-            patch = b"P" * 1000
             at = 10 * MiB + 5
-            os.pwrite(fd, patch, at)
-            expected[at:at + len(patch)] = patch
+            patch(fd, expected, b"P" * 1000, at)
             self.assertEqual(served(server), before, "a write fetched bytes")
             # A read across the patch's edges: the version's bytes around the written ones.
             window = os.pread(fd, 8192, at - 3000)
             self.assertEqual(window, bytes(expected[at - 3000:at - 3000 + 8192]))
             # Past the end: the gap is zeros, not the version's bytes.
-            tail = b"T" * 100
-            os.pwrite(fd, tail, SIZE + 50)
-            expected += b"\0" * 50 + tail
+            expected += b"\0" * 50
+            patch(fd, expected, b"T" * 100, SIZE + 50)
             self.assertEqual(os.pread(fd, 300, SIZE - 100), bytes(expected[SIZE - 100:]))
             # Cut inside the version and extended again: zeros from the cut on.
             cut = 20 * MiB + 7
@@ -126,25 +138,17 @@ class InPlaceTest(unittest.TestCase):
         self.assert_bucket_holds(server, bytes(expected), "check")
 
     def test_close_without_the_server_is_journaled_and_a_crash_loses_nothing(self):
-        server = self.start_server("in-place-crash")
-        expected = bytearray(self.commit_original(server, 2))
         cache = self.workspace.path("cache-editor")
-        mount = new_mount(self, server, self.workspace, "alice/ckpts", name="editor", cache_dir=cache).start()
+        server, expected, mount = self.editor_with_the_server_down("in-place-crash", 2, cache_dir=cache)
         path = mount.path("model.bin")
-        self.assertEqual(os.stat(path).st_size, SIZE)
-        server.kill()
 
         # The server is gone: open, write and close still succeed, as they would on a local disk.
         fd = os.open(path, os.O_RDWR)
-        first = b"1" * 5000
-        os.pwrite(fd, first, 3 * MiB + 1)
-        expected[3 * MiB + 1:3 * MiB + 1 + len(first)] = first
+        patch(fd, expected, b"1" * 5000, 3 * MiB + 1)
         os.close(fd)
         # A second edit of the closed, uncommitted version: made on a copy of what it holds.
         fd = os.open(path, os.O_WRONLY)
-        second = b"2" * 7000
-        os.pwrite(fd, second, 17 * MiB + 2)
-        expected[17 * MiB + 2:17 * MiB + 2 + len(second)] = second
+        patch(fd, expected, b"2" * 7000, 17 * MiB + 2)
         os.ftruncate(fd, 22 * MiB)
         del expected[22 * MiB:]
         os.close(fd)
@@ -160,16 +164,10 @@ class InPlaceTest(unittest.TestCase):
         self.assert_bucket_holds(server, bytes(expected), "check")
 
     def test_an_upload_that_cannot_fetch_the_version_is_retried_until_it_can(self):
-        server = self.start_server("in-place-retry")
-        expected = bytearray(self.commit_original(server, 3))
-        mount = new_mount(self, server, self.workspace, "alice/ckpts", name="editor").start()
+        server, expected, mount = self.editor_with_the_server_down("in-place-retry", 3)
         path = mount.path("model.bin")
-        self.assertEqual(os.stat(path).st_size, SIZE)
-        server.kill()
         fd = os.open(path, os.O_RDWR)
-        patch = b"R" * 3000
-        os.pwrite(fd, patch, 6 * MiB + 3)
-        expected[6 * MiB + 3:6 * MiB + 3 + len(patch)] = patch
+        patch(fd, expected, b"R" * 3000, 6 * MiB + 3)
         os.close(fd)  # journaled; its upload fails to fetch the rest while the server is down
         wait_for(lambda: mount.state().get("upload_failures", 0) > 0, what="a failed upload attempt")
         server.restart_on_same_port()
