@@ -894,7 +894,10 @@ FsResult<void> Filesystem::rename(Ino parent, const std::string& name, Ino new_p
       for (const auto& old : at->superseded) {
         if (old->journaled) records.emplace_back(old, path_of(*at));
       }
-      if (at->staged && at->staged->journaled) records.emplace_back(at->staged, path_of(*at));
+      // A file whose close is being persisted gets its record after that put (journal_mutex).
+      if (at->staged && (at->staged->journaled || at->staged->persisting > 0)) {
+        records.emplace_back(at->staged, path_of(*at));
+      }
       continue;
     }
     for (const auto& [child_name, child_ino] : at->children) {
@@ -1118,6 +1121,7 @@ FsResult<std::size_t> Filesystem::write(std::uint64_t id, std::uint64_t offset, 
     }
   }
   int error = 0;
+  bool sized = false;
   {
     std::unique_lock unfetched_lock(staged->unfetched_mutex);
     if (staged->unfetched) {
@@ -1126,6 +1130,7 @@ FsResult<std::size_t> Filesystem::write(std::uint64_t id, std::uint64_t offset, 
         // With the size, under the lock: a record's ranges never end past its size.
         staged->unfetched->add_written(offset, offset + data.size());
         raise_to_max(staged->size, offset + data.size());
+        sized = true;
       }
     } else {
       unfetched_lock.unlock();  // it never becomes set again
@@ -1136,7 +1141,7 @@ FsResult<std::size_t> Filesystem::write(std::uint64_t id, std::uint64_t offset, 
     log_line(std::string("writing a staging file failed: ") + std::strerror(error));
     return std::unexpected(error == ENOSPC || error == EDQUOT ? ENOSPC : EIO);
   }
-  raise_to_max(staged->size, offset + data.size());
+  if (!sized) raise_to_max(staged->size, offset + data.size());
   staged->mtime_ms = now_ms();
   ++staged->version;
   note_write(staged, offset, data.size());
@@ -1380,6 +1385,7 @@ FsResult<void> Filesystem::persist(std::unique_lock<std::mutex>& lock, Ino ino) 
   if (node == nullptr || !node->staged) return {};
   auto staged = node->staged;
   const std::string path = path_of(*node);
+  ++staged->persisting;  // a rename meanwhile rewrites the record this writes (journal_put)
   lock.unlock();
   bool many_ranges = false;
   {
@@ -1389,38 +1395,53 @@ FsResult<void> Filesystem::persist(std::unique_lock<std::mutex>& lock, Ino ino) 
   if (many_ranges) {
     // A record listing this many ranges would cost more to write at every close than the
     // missing bytes cost to fetch once: fetch them, and the record names a whole file.
-    if (auto filled = fill_unfetched(downloader_, staged->fd.get(), staged->unfetched_mutex, staged->unfetched);
+    if (auto filled = fill_unfetched(downloader_, staged->fd.get(), staged->fill_mutex, staged->unfetched_mutex,
+                                     staged->unfetched);
         !filled) {
       log_line("fetching the rest of '" + path + "' before recording it failed: " + filled.error());
       lock.lock();
+      staged->persisting -= std::min(staged->persisting, 1u);
       return std::unexpected(EIO);
     }
   }
+  // What the record says of the bytes is taken before the sync, so every byte it names as
+  // written is on disk. Numbered, so that of two closes racing, an older snapshot is never
+  // recorded after a newer one.
+  std::uint64_t size = 0;
+  std::optional<cache::UnfetchedBase> unfetched;
+  std::uint64_t snapshot = 0;
   {
-    // What the record says of the bytes is taken before the sync, so every byte it names as
-    // written is on disk; the journal lock keeps a concurrent close from recording an older
-    // snapshot after a newer one.
+    std::lock_guard unfetched_lock(staged->unfetched_mutex);
+    size = staged->size.load();
+    unfetched = staged->unfetched;
+    snapshot = ++staged->snapshots_taken;
+  }
+  if (unfetched) unfetched->fetched.clear();  // never recorded (they are fetched again)
+  if (::fdatasync(staged->fd.get()) != 0) {
+    const int error = errno;
+    log_line("making the staged bytes of '" + path + "' durable failed: " + std::strerror(error));
+    lock.lock();
+    staged->persisting -= std::min(staged->persisting, 1u);
+    return std::unexpected(error == ENOSPC || error == EDQUOT ? ENOSPC : EIO);
+  }
+  {
     std::lock_guard journal_lock(staged->journal_mutex);
-    std::uint64_t size = 0;
-    std::optional<cache::UnfetchedBase> unfetched;
-    {
-      std::lock_guard unfetched_lock(staged->unfetched_mutex);
-      size = staged->size.load();
-      unfetched = staged->unfetched;
-    }
-    if (unfetched) unfetched->fetched.clear();  // never recorded (they are fetched again)
-    if (::fdatasync(staged->fd.get()) != 0) {
-      const int error = errno;
-      log_line("making the staged bytes of '" + path + "' durable failed: " + std::strerror(error));
+    if (snapshot > staged->journaled_snapshot) {
+      // At the path the file has now: a rename during the sync may have moved it.
+      std::string now_at = path;
       lock.lock();
-      return std::unexpected(error == ENOSPC || error == EDQUOT ? ENOSPC : EIO);
-    }
-    if (!journal_put_locked(staged, path, size, unfetched)) {
-      lock.lock();
-      return std::unexpected(EIO);  // close must not succeed without its record
-    }
+      if (Node* moved = find(ino); moved != nullptr && moved->staged == staged) now_at = path_of(*moved);
+      lock.unlock();
+      if (!journal_put_locked(staged, now_at, size, unfetched)) {
+        lock.lock();
+        staged->persisting -= std::min(staged->persisting, 1u);
+        return std::unexpected(EIO);  // close must not succeed without its record
+      }
+      staged->journaled_snapshot = snapshot;
+    }  // else a newer snapshot, taken after this one, is recorded already
   }
   lock.lock();
+  staged->persisting -= std::min(staged->persisting, 1u);
   // The newer version is recorded: the closed versions it replaced are no longer needed.
   std::vector<std::shared_ptr<Staged>> superseded;
   if (node = find(ino); node != nullptr && node->staged == staged && staged->journaled) {
@@ -1440,6 +1461,10 @@ FsResult<void> Filesystem::persist(std::unique_lock<std::mutex>& lock, Ino ino) 
 bool Filesystem::journal_put(const std::shared_ptr<Staged>& staged, const std::string& path) {
   if (services_.journal == nullptr) return true;
   std::lock_guard journal_lock(staged->journal_mutex);
+  {
+    std::lock_guard lock(mutex_);
+    if (!staged->journaled) return true;  // a close being persisted failed: there is no record
+  }
   return journal_put_locked(staged, path, staged->journaled_size, staged->journaled_unfetched);
 }
 
@@ -1778,7 +1803,8 @@ void Filesystem::upload_group(const std::vector<Ino>& inos) {
   // that cannot is left out of this group and retried like a failed upload.
   for (auto& job : jobs) {
     const auto fill_start = Clock::now();
-    auto filled = fill_unfetched(downloader_, job.staged->fd.get(), job.staged->unfetched_mutex, job.staged->unfetched);
+    auto filled = fill_unfetched(downloader_, job.staged->fd.get(), job.staged->fill_mutex,
+                                 job.staged->unfetched_mutex, job.staged->unfetched);
     if (!filled) {
       job.fill_error = "fetching the unwritten bytes of a file modified in place failed: " + filled.error();
       continue;

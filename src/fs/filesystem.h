@@ -136,6 +136,10 @@ struct Staged {
   // sync (a rename) repeats it, so no record names bytes that may not be on disk.
   std::uint64_t journaled_size = 0;
   std::optional<cache::UnfetchedBase> journaled_unfetched;
+  std::uint64_t journaled_snapshot = 0;  // the number of that snapshot (journal_mutex)
+  std::uint64_t snapshots_taken = 0;     // persist's snapshots so far (unfetched_mutex)
+  unsigned persisting = 0;               // persists between their snapshot and their put (mutex_)
+  std::mutex fill_mutex;                 // one fill_unfetched of this file at a time
   // Streaming upload (guarded by stream_mutex): writes so far formed one run from byte 0 to
   // append_end; once it is long enough a Stream starts.
   std::mutex stream_mutex;

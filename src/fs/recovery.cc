@@ -96,9 +96,10 @@ RecoveryReport recover_journal(const MountServices& services, const naming::Buck
       std::expected<void, std::string> filled = std::unexpected(std::string("no store to read from"));
       if (services.read_cas != nullptr) {
         if (!downloader) downloader.emplace(*services.read_cas, services.chunk_cache);
+        std::mutex one_fill;
         std::mutex guard;
         auto unfetched = record.unfetched;
-        filled = fill_unfetched(*downloader, fd.get(), guard, unfetched);
+        filled = fill_unfetched(*downloader, fd.get(), one_fill, guard, unfetched);
       }
       if (!filled) {
         log_line("journal: fetching the unchanged bytes of '" + record.path + "' failed (kept for the next mount): " +

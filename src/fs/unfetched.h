@@ -24,14 +24,16 @@ transfer::DownloadResult<void> read_version(transfer::Downloader& downloader, co
 
 // Fetches every byte `unfetched` says staging file `fd` lacks, writes it there and then resets
 // `unfetched` (the file holds everything). Nothing is synced: a journal record names bytes as
-// whole only after the fdatasync that follows its snapshot (Filesystem::persist). `guard` guards
-// `unfetched` and writes to the file (Staged::unfetched_mutex): fetched bytes are written while
-// holding it (at most 1 MiB per hold), and only where the file still lacks them, so bytes
-// written meanwhile stay and nothing lands past a truncate. When most of the version is missing
-// all of it is streamed and checked against its file hash; else only the missing ranges are
-// read (checked as range reads are, download.h). On an error (one line) `unfetched` still says
-// what is missing, including what this call wrote (it may not have verified).
-std::expected<void, std::string> fill_unfetched(transfer::Downloader& downloader, int fd, std::mutex& guard,
-                                                std::optional<cache::UnfetchedBase>& unfetched);
+// whole only after the fdatasync that follows its snapshot (Filesystem::persist).
+// - `one_fill` is held throughout: one fill of a file at a time (Staged::fill_mutex).
+// - `guard` guards `unfetched` and writes to the file (Staged::unfetched_mutex): fetched bytes
+//   are written while holding it (at most 1 MiB per hold), and only where the file still lacks
+//   them, so bytes written meanwhile stay and nothing lands past a truncate.
+// - When most of the version is missing, all of it is streamed and checked against its file
+//   hash; else only the missing ranges are read (checked as range reads are, download.h). Bytes
+//   written count as fetched (UnfetchedBase::fetched) only once checked: on an error (one line)
+//   `unfetched` still names them missing, and the next fill overwrites them.
+std::expected<void, std::string> fill_unfetched(transfer::Downloader& downloader, int fd, std::mutex& one_fill,
+                                                std::mutex& guard, std::optional<cache::UnfetchedBase>& unfetched);
 
 }  // namespace bucketfs::fs
