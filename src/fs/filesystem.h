@@ -8,8 +8,11 @@
 // mutations (commits of uploads, renames, unlinks, mtime changes) so that the bucket sees them in
 // the order the application made them; it is taken before `mutex_`, never after. Data reads and
 // writes of an open file do not take `remote_mutex_` and take `mutex_` only for bookkeeping.
-// A Staged's `journal_mutex` is taken before `mutex_` (journal_put), never after; its
-// `base_mutex` is a leaf: nothing else is taken while it is held.
+// A Staged's `journal_mutex` is taken after `remote_mutex_` and before `mutex_` (journal_put),
+// never the other way; its `base_mutex` and `unfetched_mutex` are leaves: nothing else is taken
+// while one is held (`unfetched_mutex` is held across a staging pwrite or ftruncate of a file
+// with unfetched bytes, sometimes under `mutex_`); its `fill_mutex` is held across a whole fill
+// (network I/O) and only ever with nothing else held.
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
