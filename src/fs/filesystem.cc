@@ -1508,18 +1508,25 @@ void Filesystem::journal_remove(std::span<const std::shared_ptr<Staged>> stageds
   std::vector<std::unique_lock<std::mutex>> locks;
   locks.reserve(ordered.size());
   std::vector<std::string> names;
+  std::vector<Staged*> dropped;
   for (Staged* staged : ordered) {
     locks.emplace_back(staged->journal_mutex);
     // A newer version (written after the commit) keeps its record.
     if (staged->dirty() && !staged->abandoned) continue;
     names.push_back(staged->name);
+    dropped.push_back(staged);
   }
   if (names.empty()) return;
   if (auto removed = services_.journal->remove_many(names); !removed) {
     log_line("journal: dropping the records of " +
              (names.size() == 1 ? names.front() : std::to_string(names.size()) + " files") +
              " failed: " + removed.error().message);
+    return;
   }
+  // No record names them now: a rename must not write one back (journal_put), or a crash
+  // would commit bytes written since, which no close acknowledged. The next close records anew.
+  std::lock_guard lock(mutex_);
+  for (Staged* staged : dropped) staged->journaled = false;
 }
 
 FsResult<void> Filesystem::wait_committed(std::unique_lock<std::mutex>& lock, const std::shared_ptr<Staged>& staged,

@@ -31,13 +31,7 @@ import unittest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support"))
 import mount_harness as h  # noqa: E402
 import unittest_runner  # noqa: E402
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-_stall_timeout = os.environ.get("BUCKETFS_HTTP_STALL_TIMEOUT_MS")
-from faults_test import RestartableServer  # noqa: E402  (sets a short client stall timeout: undone below)
-if _stall_timeout is None:
-    os.environ.pop("BUCKETFS_HTTP_STALL_TIMEOUT_MS", None)
-else:
-    os.environ["BUCKETFS_HTTP_STALL_TIMEOUT_MS"] = _stall_timeout
+from mount_harness import RestartableServer  # noqa: E402
 
 WRITER = r'''
 import hashlib, os, random, sys
@@ -305,6 +299,37 @@ class PidNamespaceTest(unittest.TestCase):
         left = sorted(n for n in os.listdir(staging) if n.startswith("f"))
         self.assertTrue(set(left) <= set(staged), left)
         self.assertEqual(here.unmount().returncode, 0, here.log())
+
+
+class CommittedRecordTest(unittest.TestCase):
+    def test_a_rename_after_the_commit_does_not_bring_back_a_record(self):
+        """A file closed (journaled), committed, and written again without a close has no record:
+        renaming it must not write one, or a crash would commit bytes no close acknowledged."""
+        server = h.start_server(self, "crash-rename")
+        workspace = h.Workspace("crash-rename")
+        self.addCleanup(workspace.cleanup)
+        h.create_bucket(server, "alice/ren")
+        cache = workspace.path("cache")
+        mount = h.new_mount(self, server, workspace, "alice/ren", cache_dir=cache, name="w").start()
+        fd = os.open(mount.path("a.bin"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, b"closed? no, fsynced\n")
+            os.close(os.open(mount.path("a.bin"), os.O_WRONLY))  # a close: journaled
+            os.fsync(fd)  # committed; its record removed
+            os.write(fd, b"never closed\n")
+            os.rename(mount.path("a.bin"), mount.path("b.bin"))
+            mount.kill(signal.SIGKILL)
+        finally:
+            try:
+                os.close(fd)
+            except OSError:  # ENOTCONN: the daemon is gone
+                pass
+        again = h.new_mount(self, server, workspace, "alice/ren", cache_dir=cache, name="r").start()
+        self.assertEqual(again.state().get("recovered_files", 0), 0, again.log())
+        self.assertEqual(sorted(os.listdir(again.mountpoint)), ["b.bin"])
+        with open(again.path("b.bin"), "rb") as handle:
+            self.assertEqual(handle.read(), b"closed? no, fsynced\n")
+        self.assertEqual(again.unmount().returncode, 0, again.log())
 
 
 class RecoveryStatusTest(unittest.TestCase):
