@@ -651,31 +651,33 @@ def write_results(args, cfg, s):
         "| what | figure | baseline | ratio | target | met? | daemon peak RSS |",
         "|---|---:|---:|---:|---|---|---:|"]
     lines += [f"| {' | '.join(row)} |" for row in rows]
-    if s.has("ckpt 1 seconds"):
-        lines += ["", f"Checkpoints ({size_text(cfg.ckpt_size)} each, written whole in 1 MiB writes then fsync; "
-                  f"10% rewritten in {size_text(cfg.ckpt_spot)} pieces at random unaligned offsets):", "",
-                  "| checkpoint | write until fsync+close | until committed | xorb bytes received | bytes changed "
-                  "| sent / changed |", "|---:|---:|---:|---:|---:|---:|"]
-        for k in range(1, 6):
-            if s.has(f"ckpt {k} seconds"):
-                lines.append(f"| {k} | {s.median(f'ckpt {k} seconds'):.2f} s | "
-                             f"{s.median(f'ckpt {k} committed seconds'):.2f} s | "
-                             f"{s.median(f'ckpt {k} xorb bytes') / MiB:,.1f} MiB | "
-                             f"{s.median(f'ckpt {k} changed bytes') / MiB:,.1f} MiB | "
-                             f"{s.median(f'ckpt {k} sent/changed'):.2f} |")
-    if s.has("place 2 seconds"):
-        lines += ["", "The same checkpoints made in place: a zero-byte copy of the previous one (`copy_file_range`), "
-                  "opened `O_RDWR` without `O_TRUNC`, the same share rewritten, `fsync` (the upload fetches the "
-                  "unwritten bytes first; xorb bytes served counts what the server sent for that):", "",
-                  "| checkpoint | copy + writes returned | until fsync returned | xorb bytes received "
-                  "| xorb bytes served | sent / changed |", "|---:|---:|---:|---:|---:|---:|"]
-        for k in range(2, 6):
-            if s.has(f"place {k} seconds"):
-                lines.append(f"| {k} | {s.median(f'place {k} written seconds'):.2f} s | "
-                             f"{s.median(f'place {k} seconds'):.2f} s | "
-                             f"{s.median(f'place {k} xorb bytes') / MiB:,.1f} MiB | "
-                             f"{s.median(f'place {k} served bytes') / MiB:,.1f} MiB | "
-                             f"{s.median(f'place {k} sent/changed'):.2f} |")
+    def checkpoint_table(intro, prefix, first, columns):
+        """Rows of checkpoints `first`..5 measured under `prefix`: (header, key, format) columns."""
+        if not s.has(f"{prefix} {first} seconds"):
+            return
+        lines.extend(["", intro, "", "| checkpoint | " + " | ".join(header for header, _, _ in columns) + " |",
+                      "|---:|" + "---:|" * len(columns)])
+        for k in range(first, 6):
+            if s.has(f"{prefix} {k} seconds"):
+                cells = [form(s.median(f"{prefix} {k} {key}")) for _, key, form in columns]
+                lines.append(f"| {k} | " + " | ".join(cells) + " |")
+
+    seconds = lambda v: f"{v:.2f} s"  # noqa: E731
+    mib = lambda v: f"{v / MiB:,.1f} MiB"  # noqa: E731
+    ratio = lambda v: f"{v:.2f}"  # noqa: E731
+    checkpoint_table(f"Checkpoints ({size_text(cfg.ckpt_size)} each, written whole in 1 MiB writes then fsync; "
+                     f"10% rewritten in {size_text(cfg.ckpt_spot)} pieces at random unaligned offsets):", "ckpt", 1,
+                     [("write until fsync+close", "seconds", seconds),
+                      ("until committed", "committed seconds", seconds),
+                      ("xorb bytes received", "xorb bytes", mib), ("bytes changed", "changed bytes", mib),
+                      ("sent / changed", "sent/changed", ratio)])
+    checkpoint_table("The same checkpoints made in place: a zero-byte copy of the previous one (`copy_file_range`), "
+                     "opened `O_RDWR` without `O_TRUNC`, the same share rewritten, `fsync` (the upload fetches the "
+                     "unwritten bytes first; xorb bytes served counts what the server sent for that):", "place", 2,
+                     [("copy + writes returned", "written seconds", seconds),
+                      ("until fsync returned", "seconds", seconds),
+                      ("xorb bytes received", "xorb bytes", mib), ("xorb bytes served", "served bytes", mib),
+                      ("sent / changed", "sent/changed", ratio)])
     details = []
     for key, what in (("curl", "curl of resolve, MiB/s"), ("passthrough", "passthrough read, page cache dropped, MiB/s"),
                       ("local disk", "local file after drop_caches, MiB/s"), ("cp write", "bucketfs cp upload, MiB/s"),

@@ -1055,13 +1055,14 @@ FsResult<void> Filesystem::read(std::uint64_t id, std::uint64_t offset, std::siz
     // taken before the staging file is read: a fill completing in between then only fetches
     // again what it wrote.
     std::vector<xet::FileByteRange> missing;
-    cache::UnfetchedBase version;
+    xet::Hash version_hash;
+    std::uint64_t version_size = 0;
     {
       std::lock_guard unfetched_lock(staged->unfetched_mutex);
       if (staged->unfetched) {
         missing = staged->unfetched->missing(offset, offset + length);
-        version.hash = staged->unfetched->hash;
-        version.size = staged->unfetched->size;
+        version_hash = staged->unfetched->hash;
+        version_size = staged->unfetched->size;
       }
     }
     thread_local std::vector<std::byte> buffer;
@@ -1072,7 +1073,7 @@ FsResult<void> Filesystem::read(std::uint64_t id, std::uint64_t offset, std::siz
     for (auto range : missing) {
       range.end = std::min(range.end, offset + *got);  // a truncate may have come in between
       if (range.start >= range.end) break;
-      auto done = read_version(downloader_, version.hash, version.size, range, buffer.data() + (range.start - offset));
+      auto done = read_version(downloader_, version_hash, version_size, range, buffer.data() + (range.start - offset));
       if (!done) {
         log_line("read failed: " + done.error().describe());
         std::lock_guard lock(mutex_);
