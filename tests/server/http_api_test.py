@@ -187,6 +187,11 @@ class Server:
             [SERVER_BINARY, "--data", self.data, "--tokens", self.tokens, "--listen", "127.0.0.1:0",
              "--ready-file", self.ready] + self.extra_args,
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.wait_ready("did not become ready")
+
+    def wait_ready(self, failure):
+        """Waits until the started process writes its ready file (base URL, host and port from
+        it); RuntimeError `failure` with the log when it exits first or 30 s pass."""
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if os.path.exists(self.ready):
@@ -200,7 +205,7 @@ class Server:
             if self.process.poll() is not None:
                 break
             time.sleep(0.02)
-        raise RuntimeError("bucketfs-server did not become ready: " + self.log_text())
+        raise RuntimeError("bucketfs-server " + failure + ": " + self.log_text())
 
     def log_text(self):
         try:

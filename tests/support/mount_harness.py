@@ -181,14 +181,7 @@ class RestartableServer(api.Server):
             [api.SERVER_BINARY, "--data", self.data, "--tokens", self.tokens, "--listen",
              "127.0.0.1:%d" % self.port, "--ready-file", self.ready] + self.extra_args,
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if os.path.exists(self.ready):
-                return
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.02)
-        raise RuntimeError("bucketfs-server did not restart: " + self.log_text())
+        self.wait_ready("did not restart")
 
     def kill(self):
         self.process.send_signal(signal.SIGKILL)
